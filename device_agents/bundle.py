@@ -1,0 +1,291 @@
+"""The deployable bundle: a directory with ``manifest.json`` and one ONNX file per stage.
+
+A bundle is what a user deploys. It is self-describing: the input spec, the preprocessing, the
+stages (each an ONNX graph returning ``features`` and ``logits``, the last one ``logits`` only),
+the exit thresholds and temperatures, and the provenance (the candidate and the versions that
+built it). Nothing else of the project is needed to run it: see :class:`CascadeRunner`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device_agents.errors import BundleError, BundleIntegrityError
+
+FORMAT_NAME = "paretoedge-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CONFIDENCE_MEASURES = ("max_softmax", "margin", "entropy")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The raw input of one sample, before preprocessing (batch dimension included, = 1)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InputSpec:
+        return cls(name=str(data["name"]), shape=tuple(int(d) for d in data["shape"]),
+                   dtype=str(data.get("dtype", "float32")))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Affine preprocessing applied on the device: ``(raw * scale - mean) / std``, per channel.
+
+    ``mean`` and ``std`` hold one value, or one per channel (axis 1 of the input).
+    """
+
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        return cls(scale=float(data.get("scale", 1.0)),
+                   mean=tuple(float(v) for v in data.get("mean", (0.0,))),
+                   std=tuple(float(v) for v in data.get("std", (1.0,))))
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One ONNX graph of the cascade. Every stage but the last also returns ``features``."""
+
+    name: str
+    file: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "file": self.file, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageSpec:
+        return cls(name=str(data["name"]), file=str(data["file"]), sha256=str(data["sha256"]))
+
+
+@dataclass(frozen=True)
+class ExitPolicy:
+    """When a sample leaves the cascade early.
+
+    ``thresholds[k]`` applies to the exit after stage ``k`` (one per stage but the last);
+    ``temperatures[k]`` scales stage ``k``'s logits before the confidence is computed (one per
+    stage, the last included, so that the whole cascade is calibrated).
+    """
+
+    thresholds: tuple[float, ...] = ()
+    temperatures: tuple[float, ...] = (1.0,)
+    confidence: str = "max_softmax"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thresholds": list(self.thresholds), "temperatures": list(self.temperatures),
+                "confidence": self.confidence}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExitPolicy:
+        return cls(thresholds=tuple(float(t) for t in data.get("thresholds", ())),
+                   temperatures=tuple(float(t) for t in data.get("temperatures", (1.0,))),
+                   confidence=str(data.get("confidence", "max_softmax")))
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """Everything ``manifest.json`` says about a bundle."""
+
+    input: InputSpec
+    stages: tuple[StageSpec, ...]
+    num_classes: int
+    preprocessing: Preprocessing = Preprocessing()
+    exits: ExitPolicy = ExitPolicy()
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "input": self.input.to_dict(),
+            "num_classes": self.num_classes,
+            "preprocessing": self.preprocessing.to_dict(),
+            "stages": [s.to_dict() for s in self.stages],
+            "exits": self.exits.to_dict(),
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BundleManifest:
+        if data.get("format") != FORMAT_NAME:
+            raise BundleError(f"manifest: 'format' is {data.get('format')!r}, "
+                              f"expected {FORMAT_NAME!r}")
+        version = int(data.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise BundleError(f"manifest: format_version {version} is not supported "
+                              f"(this runtime reads {FORMAT_VERSION})")
+        try:
+            manifest = cls(
+                input=InputSpec.from_dict(data["input"]),
+                stages=tuple(StageSpec.from_dict(s) for s in data["stages"]),
+                num_classes=int(data["num_classes"]),
+                preprocessing=Preprocessing.from_dict(data.get("preprocessing", {})),
+                exits=ExitPolicy.from_dict(data.get("exits", {})),
+                provenance=dict(data.get("provenance", {})),
+                format_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest: malformed field {exc}") from exc
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """Raise :class:`BundleError` when the manifest contradicts itself."""
+        if not self.stages:
+            raise BundleError("manifest: 'stages' is empty")
+        if len(self.exits.thresholds) not in (0, len(self.stages) - 1):
+            raise BundleError(f"manifest: exits.thresholds has {len(self.exits.thresholds)} "
+                              f"values for {len(self.stages)} stages (expected 0 or "
+                              f"{len(self.stages) - 1})")
+        if len(self.exits.temperatures) != len(self.stages):
+            raise BundleError(f"manifest: exits.temperatures has {len(self.exits.temperatures)} "
+                              f"values for {len(self.stages)} stages")
+        if any(not 0.0 < t <= 1.0 for t in self.exits.thresholds):
+            raise BundleError("manifest: exits.thresholds must lie in (0, 1]")
+        if any(t <= 0.0 for t in self.exits.temperatures):
+            raise BundleError("manifest: exits.temperatures must be positive")
+        if self.exits.confidence not in CONFIDENCE_MEASURES:
+            raise BundleError(f"manifest: exits.confidence {self.exits.confidence!r} is not one "
+                              f"of {', '.join(CONFIDENCE_MEASURES)}")
+
+
+def manifest_bytes(manifest: BundleManifest) -> bytes:
+    return (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_bundle(directory: Path, manifest: BundleManifest,
+                 stage_files: Mapping[str, Path | bytes]) -> str:
+    """Write a bundle directory and return its digest (the sha256 of ``manifest.json``).
+
+    ``stage_files`` maps each stage's file name to its ONNX bytes or to a file to copy. The
+    stages' sha256 in ``manifest`` are recomputed from the files, so a caller cannot record a
+    digest that does not match.
+    """
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stages = []
+    for stage in manifest.stages:
+        if stage.file not in stage_files:
+            raise BundleError(f"bundle: no file given for stage {stage.name!r} ({stage.file})")
+        source = stage_files[stage.file]
+        target = tmp / stage.file
+        if isinstance(source, bytes):
+            target.write_bytes(source)
+        else:
+            shutil.copyfile(source, target)
+        stages.append(StageSpec(name=stage.name, file=stage.file, sha256=sha256_file(target)))
+    final = BundleManifest(input=manifest.input, stages=tuple(stages),
+                           num_classes=manifest.num_classes, preprocessing=manifest.preprocessing,
+                           exits=manifest.exits, provenance=manifest.provenance)
+    final.check()
+    data = manifest_bytes(final)
+    (tmp / MANIFEST).write_bytes(data)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return sha256_bytes(data)
+
+
+def read_manifest(directory: Path) -> BundleManifest:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: no manifest.json (is this a paretoedge bundle?)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    return BundleManifest.from_dict(data)
+
+
+def bundle_digest(directory: Path) -> str:
+    """The bundle's identity: the sha256 of its manifest, which pins every stage's sha256."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: no manifest.json (is this a paretoedge bundle?)")
+    return sha256_file(path)
+
+
+def verify_bundle(directory: Path, expected_digest: str | None = None) -> BundleManifest:
+    """Check the manifest digest and every stage's sha256; return the manifest."""
+    directory = Path(directory)
+    if expected_digest is not None and bundle_digest(directory) != expected_digest:
+        raise BundleIntegrityError(f"{directory / MANIFEST}: sha256 does not match the request")
+    manifest = read_manifest(directory)
+    for stage in manifest.stages:
+        path = directory / stage.file
+        if not path.is_file():
+            raise BundleError(f"{path}: stage file missing")
+        if sha256_file(path) != stage.sha256:
+            raise BundleIntegrityError(f"{path}: sha256 does not match manifest.json")
+    return manifest
+
+
+def bundle_size_bytes(directory: Path, manifest: BundleManifest) -> int:
+    """Bytes of the model itself: the stage files (the manifest is not counted)."""
+    return sum((Path(directory) / s.file).stat().st_size for s in manifest.stages)
+
+
+@dataclass(frozen=True)
+class BundlePayload:
+    """A bundle's files in memory, to ship to an agent on another machine."""
+
+    digest: str
+    files: Mapping[str, bytes]
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> BundlePayload:
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        names: Sequence[str] = [MANIFEST, *(s.file for s in manifest.stages)]
+        return cls(digest=bundle_digest(directory),
+                   files={name: (directory / name).read_bytes() for name in names})
+
+    def materialize(self, root: Path) -> Path:
+        """Write the files under ``root/<digest>`` (once) and verify them; return the dir."""
+        directory = Path(root) / self.digest
+        if not (directory / MANIFEST).is_file():
+            tmp = Path(root) / (self.digest + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name, data in self.files.items():
+                if Path(name).name != name:
+                    raise BundleError(f"bundle payload: file name {name!r} is not plain")
+                (tmp / name).write_bytes(data)
+            shutil.rmtree(directory, ignore_errors=True)
+            tmp.rename(directory)
+        verify_bundle(directory, self.digest)
+        return directory

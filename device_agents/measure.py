@@ -1,0 +1,188 @@
+"""The measurement protocol, run on the device: accuracy, latency, memory, energy."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device_agents.bundle import bundle_size_bytes
+from device_agents.cascade import CascadeRunner
+from device_agents.eval_set import EvalSet
+from device_agents.protocol import LatencyStats, Measurement, MeasurementProtocol
+
+Z95 = 1.959963984540054
+
+
+def median_ci(sorted_ms: np.ndarray) -> tuple[float, float]:
+    """Distribution-free 95 % confidence interval of the median (binomial order statistics)."""
+    n = len(sorted_ms)
+    half = Z95 * math.sqrt(n) / 2.0
+    lo = max(math.floor(n / 2.0 - half), 0)
+    hi = min(math.ceil(n / 2.0 + half), n - 1)
+    return float(sorted_ms[lo]), float(sorted_ms[hi])
+
+
+def latency_stats(samples_ms: np.ndarray, *, converged: bool) -> LatencyStats:
+    ordered = np.sort(samples_ms)
+    p50, p90, p95, p99 = np.percentile(ordered, [50, 90, 95, 99])
+    lo, hi = median_ci(ordered)
+    return LatencyStats(mean_ms=float(ordered.mean()), std_ms=float(ordered.std(ddof=1)),
+                        p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95),
+                        p99_ms=float(p99), n=len(ordered), median_ci_low_ms=lo,
+                        median_ci_high_ms=hi, converged=converged)
+
+
+def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray,
+                               bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        mask = (confidences > lo) & (confidences <= hi)
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidences[mask].mean())
+    return float(ece)
+
+
+class PeakMemory:
+    """Peak resident memory of this process while a bundle runs, above the level before it.
+
+    On Linux, writing 5 to ``/proc/self/clear_refs`` resets the high-water mark ``VmHWM``.
+    """
+
+    def __init__(self) -> None:
+        self._start_kb = _status_kb("VmRSS")
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float:
+        peak_kb = _status_kb("VmHWM")
+        if peak_kb is None or self._start_kb is None:
+            return float("nan")
+        return max(peak_kb - self._start_kb, 0) / 1024.0
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class EnergyCounter:
+    """Package energy from Intel RAPL (microjoules) when the counter is readable, else None."""
+
+    PATH = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
+
+    def read_uj(self) -> int | None:
+        try:
+            return int(self.PATH.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def device_fingerprint(threads: int, providers: tuple[str, ...]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return {
+        "host": socket.gethostname(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "affinity": affinity,
+        "onnxruntime": ort.__version__,
+        "providers": list(providers),
+        "threads": threads,
+    }
+
+
+def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProtocol, *,
+                   expected_digest: str | None = None,
+                   providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                   agent_id: str = "") -> Measurement:
+    """Run the whole protocol on one bundle directory and return the measurement."""
+    started = time.perf_counter()
+    memory = PeakMemory()
+    runner = CascadeRunner.load(directory, threads=protocol.threads,
+                                expected_digest=expected_digest, providers=providers)
+    inputs = [eval_set.inputs[i] for i in range(len(eval_set))]
+    n = len(inputs)
+
+    # Warm-up: by count and by time, cycling through the eval set.
+    deadline = time.perf_counter() + protocol.warmup_seconds
+    i = 0
+    while i < protocol.warmup_runs or time.perf_counter() < deadline:
+        runner.run(inputs[i % n])
+        i += 1
+
+    # Accuracy: the whole eval set, one sample at a time, end to end.
+    predictions = np.empty(n, dtype=np.int64)
+    confidences = np.empty(n, dtype=np.float64)
+    exits = np.empty(n, dtype=np.int64)
+    for j, sample in enumerate(inputs):
+        result = runner.predict(sample)
+        predictions[j] = result.label
+        confidences[j] = float(result.probabilities.max())
+        exits[j] = result.exit_index
+    correct = predictions == eval_set.labels
+
+    # Timing: rounds cycling through the eval set until the median's CI is tight.
+    energy = EnergyCounter()
+    energy_start = energy.read_uj()
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    converged = False
+    k = 0
+    while len(samples) < protocol.max_runs:
+        for _ in range(protocol.round_runs):
+            sample = inputs[k % n]
+            k += 1
+            t0 = clock()
+            runner.run(sample)
+            samples.append(clock() - t0)
+        if len(samples) >= protocol.min_runs:
+            lo, hi = median_ci(np.sort(np.asarray(samples)))
+            if hi - lo <= protocol.ci_rel_width * float(np.median(samples)):
+                converged = True
+                break
+    energy_end = energy.read_uj()
+    latency_ms = np.asarray(samples, dtype=np.float64) / 1e6
+    energy_mj = None
+    if energy_start is not None and energy_end is not None and energy_end >= energy_start:
+        energy_mj = (energy_end - energy_start) / 1000.0 / len(samples)
+
+    return Measurement(
+        bundle_digest=expected_digest or "",
+        accuracy=float(correct.mean()),
+        n_eval=n,
+        ece=expected_calibration_error(confidences, correct),
+        exit_rates=tuple(float((exits == s).mean()) for s in range(runner.num_stages)),
+        latency=latency_stats(latency_ms, converged=converged),
+        size_kb=bundle_size_bytes(runner.directory, runner.manifest) / 1024.0,
+        peak_mem_mb=memory.peak_mb(),
+        fingerprint=device_fingerprint(protocol.threads, providers),
+        agent_id=agent_id,
+        energy_mj=energy_mj,
+        duration_s=time.perf_counter() - started,
+    )

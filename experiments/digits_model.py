@@ -1,0 +1,52 @@
+"""The embedded default: scikit-learn's 8x8 digits and a small CNN with two early exits.
+
+Referenced by ``digits.yaml`` as ``digits_model.py:build_model`` and ``digits_model.py:load_data``.
+Needs no download: ``load_digits`` ships inside scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from device_agents import Preprocessing
+from spaces import DataSplits, StagedModel
+
+
+def _block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def _head(channels: int, classes: int) -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
+
+
+def build_model(width: int = 64, classes: int = 10) -> StagedModel:
+    """Three stages (8x8 -> 8x8 -> 4x4 -> 2x2), an exit head after each."""
+    w = width
+    stages = [
+        nn.Sequential(*_block(1, w), *_block(w, w)),
+        nn.Sequential(*_block(w, 2 * w, stride=2), *_block(2 * w, 2 * w)),
+        nn.Sequential(*_block(2 * w, 4 * w, stride=2), *_block(4 * w, 4 * w)),
+    ]
+    heads = [_head(w, classes), _head(2 * w, classes), _head(4 * w, classes)]
+    return StagedModel(stages=stages, heads=heads)
+
+
+def load_data(seed: int = 0) -> DataSplits:
+    """1,797 digits split 60/20/20 (train/val/test) by a fixed seed; raw pixels are 0..16."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_train, n_val = int(0.6 * len(x)), int(0.2 * len(x))
+    train, val, test = np.split(order, [n_train, n_train + n_val])
+    mean = float((x[train] / 16.0).mean())
+    std = float((x[train] / 16.0).std())
+    return DataSplits(train_x=x[train], train_y=y[train], val_x=x[val], val_y=y[val],
+                      test_x=x[test], test_y=y[test], num_classes=10,
+                      preprocessing=Preprocessing(scale=1 / 16, mean=(mean,), std=(std,)),
+                      name="sklearn-digits")

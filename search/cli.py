@@ -1,0 +1,211 @@
+"""The ``paretoedge`` command line. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Search quantization, pruning and early exits jointly, measured on "
+                       "real devices; query the Pareto front afterwards.")
+# Tables need room: outside a terminal rich would wrap them at 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=160)
+errors = Console(stderr=True)
+_state = {"debug": False}
+
+WorkdirOption = Annotated[Path, typer.Option("--workdir", help="Where studies, bundles and "
+                                                                "mlflow.db live.")]
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Turn known errors into one line and an exit code; ``--debug`` shows the traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from search.errors import (
+            ConfigError,
+            NothingFoundError,
+            QueryError,
+            SearchError,
+            StudyNotFoundError,
+        )
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            from device_agents.errors import DeviceAgentError
+            from spaces.errors import SpacesError
+
+            if isinstance(exc, NothingFoundError):
+                _fail(1, str(exc))
+            if isinstance(exc, (ConfigError, QueryError, StudyNotFoundError, SpacesError,
+                                DeviceAgentError)):
+                _fail(2, str(exc))
+            if isinstance(exc, SearchError):
+                _fail(1, str(exc))
+            _fail(1, f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+
+    return wrapper
+
+
+@app.callback()
+def main_options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False
+                 ) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+@_guard
+def validate(config: Annotated[Path, typer.Argument(help="Experiment YAML.")]) -> None:
+    """Check a config: every problem is listed with its field path."""
+    from search.config import load_config
+    from search.errors import ConfigError
+
+    try:
+        load_config(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            errors.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"{config}: ok")
+
+
+@app.command()
+@_guard
+def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+        trials: Annotated[int | None, typer.Option(
+            help="Total trials of the study (the fp32 baseline included); a re-run resumes "
+                 "up to this number. Default: search.trials of the config.", min=1)] = None,
+        timeout: Annotated[str | None, typer.Option(
+            help="Stop asking for new trials after this long (90s, 30m, 8h).")] = None,
+        workdir: WorkdirOption = Path("runs"),
+        seed: Annotated[int | None, typer.Option(help="Sampler seed (overrides the "
+                                                      "config).")] = None) -> None:
+    """Run (or resume) a study and print its feasible Pareto front."""
+    from search.config import load_config
+    from search.durations import parse_duration
+    from search.front_table import front_table
+    from search.study import RunOptions, StudyRunner
+    from search.workspace import Workspace
+
+    cfg = load_config(config)
+    timeout_s = parse_duration(timeout) if timeout else None
+    if seed is not None:
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"seed": seed})})
+    budget = trials or cfg.search.trials
+    workspace = Workspace(workdir.resolve(), cfg.study)
+    console.print(f"study [bold]{cfg.study}[/bold]: {budget} trials, device class "
+                  f"{cfg.device.class_!r}, workdir {workspace.workdir}")
+    summary = StudyRunner(cfg, workspace, console=console).run(
+        RunOptions(trials=budget, timeout_s=timeout_s))
+    console.print(front_table(list(summary.front.members), summary.front.baseline,
+                              f"Feasible Pareto front of {cfg.study} ({len(summary.front.members)}"
+                              f" of {summary.completed} completed trials; {summary.failed} "
+                              f"failed; accuracy band {cfg.constraints.max_accuracy_drop:g})"))
+    console.print(f"hypervolume {summary.front.hypervolume():.4f}; stopped: "
+                  f"{summary.stop_reason}. Query it: paretoedge best {cfg.study} --workdir "
+                  f"{workdir} --where 'latency_p95_ms < X' --maximize accuracy")
+    if summary.stop_reason == "interrupted":
+        raise typer.Exit(130)
+
+
+@app.command()
+@_guard
+def front(study: Annotated[str, typer.Argument(help="Study name.")],
+          workdir: WorkdirOption = Path("runs"),
+          format: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+    """Print the feasible Pareto front of a study with every metric."""
+    from search.front_table import front_table, records_csv, records_json
+    from search.pareto import ParetoFront
+    from search.workspace import Workspace, load_records
+
+    records, attrs = load_records(Workspace(workdir.resolve(), study))
+    result = ParetoFront.from_records(records, float(attrs.get("max_accuracy_drop", 0.01)))
+    members = list(result.members)
+    if format is Format.json:
+        sys.stdout.write(records_json(members) + "\n")
+    elif format is Format.csv:
+        sys.stdout.write(records_csv(members))
+    else:
+        console.print(front_table(members, result.baseline, f"Feasible Pareto front of {study}"))
+
+
+@app.command()
+@_guard
+def best(study: Annotated[str, typer.Argument(help="Study name.")],
+         where: Annotated[str | None, typer.Option(
+             help="Constraints over metrics: 'latency_p95_ms <= 2 and size_kb < 500'.")] = None,
+         maximize: Annotated[str | None, typer.Option(help="Metric to maximise.")] = None,
+         minimize: Annotated[str | None, typer.Option(help="Metric to minimise.")] = None,
+         device: Annotated[str | None, typer.Option("--device",
+                                                    help="Only this device class.")] = None,
+         export: Annotated[Path | None, typer.Option(help="Copy the bundle here.")] = None,
+         workdir: WorkdirOption = Path("runs"),
+         format: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+    """The best feasible trial under a constraint, and its bundle.
+
+    Ties on the objective go to lower p95 latency, then smaller size, then higher accuracy,
+    then the earlier trial. Exit 1 when nothing qualifies.
+    """
+    from search.bundle_export import export_bundle
+    from search.front_table import front_table
+    from search.query import best as best_query
+    from search.query import parse_where
+    from search.workspace import Workspace, load_records
+
+    parse_where(where)  # bad input is reported before the study is read
+    workspace = Workspace(workdir.resolve(), study)
+    records, _ = load_records(workspace)
+    baseline = next((r for r in records if r.baseline and r.complete), None)
+    chosen = best_query(records, where=where, maximize=maximize, minimize=minimize,
+                        device_class=device)
+    bundle = chosen.bundle_path(workspace.workdir)
+    exported = export_bundle(chosen, bundle, export, study) if export and bundle else None
+    if format is Format.json:
+        payload = chosen.to_dict()
+        payload["bundle_path"] = str(bundle) if bundle else None
+        payload["exported_to"] = str(exported) if exported else None
+        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        return
+    if format is Format.csv:
+        from search.front_table import records_csv
+
+        sys.stdout.write(records_csv([chosen]))
+        return
+    console.print(front_table([chosen], baseline, f"Best trial of {study}"))
+    console.print(f"bundle: {bundle}")
+    if exported:
+        console.print(f"exported to: {exported}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

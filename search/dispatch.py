@@ -1,0 +1,68 @@
+"""Dispatching measure requests to agents: the interface, and an inline one for fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Protocol
+
+from device_agents import DeviceAgent, Measurement, MeasureRequest
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished dispatch: the measurement, or the reason it failed after all retries."""
+
+    key: Hashable
+    measurement: Measurement | None
+    error: str | None = None
+    agent_id: str = ""
+    attempts: int = 1
+
+
+class Dispatcher(Protocol):
+    """Where the study loop sends measurements. ``poll`` returns what finished since."""
+
+    def free_slots(self) -> int: ...
+
+    def submit(self, key: Hashable, request: MeasureRequest) -> None: ...
+
+    def poll(self, timeout: float) -> list[Completed]: ...
+
+    def in_flight(self) -> int: ...
+
+    def share(self, payload: object) -> object:
+        """Make a large payload (the eval set) available to every agent once."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InlineDispatcher:
+    """Runs each request at once on one in-process agent (a ``FakeAgent`` in tests)."""
+
+    def __init__(self, agent: DeviceAgent) -> None:
+        self.agent = agent
+        self._done: list[Completed] = []
+
+    def free_slots(self) -> int:
+        return 1
+
+    def in_flight(self) -> int:
+        return len(self._done)
+
+    def share(self, payload: object) -> object:
+        return payload
+
+    def submit(self, key: Hashable, request: MeasureRequest) -> None:
+        try:
+            self._done.append(Completed(key, self.agent.measure(request)))
+        except Exception as exc:  # the agent's failure is the trial's failure
+            self._done.append(Completed(key, None, f"{type(exc).__name__}: {exc}"))
+
+    def poll(self, timeout: float) -> list[Completed]:
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,63 @@
+"""Rendering trials and fronts: rich tables, JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+
+from rich.table import Table
+
+from search.records import TrialRecord
+
+COLUMNS = ("accuracy", "accuracy_drop", "latency_p50_ms", "latency_p95_ms", "latency_mean_ms",
+           "size_kb", "peak_mem_mb", "ece", "macs_m")
+
+
+def describe_candidate(candidate: dict) -> str:
+    if not candidate:
+        return "-"
+    quant = "/".join(candidate.get("quantization", []))
+    thresholds = candidate.get("exit_thresholds") or []
+    exits = "exit@" + ",".join(f"{t:.3f}" for t in thresholds) if thresholds else "no-exit"
+    return f"{quant} prune={candidate.get('prune_ratio', 0):g} {exits}"
+
+
+def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
+                title: str) -> Table:
+    """Trials with their main metrics; speed-up is the baseline's p95 over the trial's."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("trial", justify="right", no_wrap=True)
+    table.add_column("candidate", no_wrap=True)
+    for name in ("acc", "drop pp", "p50 ms", "p95 ms", "mean ms", "size KB", "speed-up p95"):
+        table.add_column(name, justify="right")
+    for r in records:
+        m = r.metrics
+        speedup = (baseline.metrics["latency_p95_ms"] / m["latency_p95_ms"]
+                   if baseline and m.get("latency_p95_ms") else float("nan"))
+        table.add_row(str(r.number) + (" (fp32)" if r.baseline else ""),
+                      describe_candidate(dict(r.candidate)),
+                      f"{m.get('accuracy', float('nan')):.4f}",
+                      f"{100 * m.get('accuracy_drop', float('nan')):+.2f}",
+                      f"{m.get('latency_p50_ms', float('nan')):.4f}",
+                      f"{m.get('latency_p95_ms', float('nan')):.4f}",
+                      f"{m.get('latency_mean_ms', float('nan')):.4f}",
+                      f"{m.get('size_kb', float('nan')):.1f}",
+                      f"{speedup:.2f}x")
+    return table
+
+
+def records_json(records: Sequence[TrialRecord]) -> str:
+    return json.dumps([r.to_dict() for r in records], indent=2, sort_keys=True)
+
+
+def records_csv(records: Sequence[TrialRecord]) -> str:
+    metric_names = sorted({k for r in records for k in r.metrics})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["trial", "baseline", "feasible", "candidate", *metric_names, "bundle"])
+    for r in records:
+        writer.writerow([r.number, r.baseline, r.feasible, describe_candidate(dict(r.candidate)),
+                         *(r.metrics.get(k, "") for k in metric_names), r.bundle or ""])
+    return buffer.getvalue()

@@ -1,0 +1,44 @@
+"""From a measurement to metrics, objective values and constraint values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from device_agents import Measurement
+from search.records import OBJECTIVES
+from spaces import Candidate
+
+
+def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Mapping[str, Any],
+                  baseline_accuracy: float | None) -> dict[str, float]:
+    """Every metric of a trial: measured ones, knobs and build facts (DESIGN.md names)."""
+    metrics = measurement.metrics()
+    metrics["accuracy_drop"] = (baseline_accuracy - measurement.accuracy
+                                if baseline_accuracy is not None else 0.0)
+    metrics["prune_ratio"] = candidate.prune_ratio
+    metrics["early_exit"] = float(candidate.early_exit)
+    if candidate.exit_thresholds:
+        metrics["exit_threshold"] = min(candidate.exit_thresholds)
+    metrics["int8_groups"] = float(sum(q == "int8" for q in candidate.quantization))
+    metrics["measure_s"] = measurement.duration_s
+    for key, value in build_info.items():
+        if isinstance(value, (int, float)):
+            metrics[key] = float(value)
+    return metrics
+
+
+def objective_values(metrics: Mapping[str, float]) -> list[float]:
+    return [float(metrics[name]) for name, _ in OBJECTIVES]
+
+
+def constraint_values(metrics: Mapping[str, float], *, baseline_accuracy: float,
+                      max_accuracy_drop: float, latency_p95_ms: float | None = None,
+                      size_kb: float | None = None) -> dict[str, float]:
+    """Optuna constraints: feasible when every value is <= 0."""
+    values = {"accuracy_band": (baseline_accuracy - max_accuracy_drop) - metrics["accuracy"]}
+    if latency_p95_ms is not None:
+        values["latency_p95_ms"] = metrics["latency_p95_ms"] - latency_p95_ms
+    if size_kb is not None:
+        values["size_kb"] = metrics["size_kb"] - size_kb
+    return values

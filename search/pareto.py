@@ -1,0 +1,81 @@
+"""The feasible Pareto front and its hypervolume, relative to the fp32 baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from search.records import OBJECTIVES, TrialRecord
+
+
+def _losses(records: Sequence[TrialRecord]) -> np.ndarray:
+    """Objective values turned into losses (every objective minimised)."""
+    rows = []
+    for record in records:
+        values = record.objective_values()
+        rows.append([-v if direction == "maximize" else v
+                     for v, (_, direction) in zip(values, OBJECTIVES, strict=True)])
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(OBJECTIVES))
+
+
+def non_dominated(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The records no other record dominates (ties on every objective are all kept)."""
+    if not records:
+        return []
+    losses = _losses(records)
+    keep = []
+    for i in range(len(records)):
+        dominated = np.any(np.all(losses <= losses[i], axis=1) & np.any(losses < losses[i], axis=1))
+        if not dominated:
+            keep.append(records[i])
+    return keep
+
+
+@dataclass(frozen=True)
+class ParetoFront:
+    """The feasible, completed, non-dominated trials of a study.
+
+    Example:
+        >>> front = ParetoFront.from_records(records)  # doctest: +SKIP
+        >>> [r.number for r in front.members]  # doctest: +SKIP
+        [0, 4, 7]
+    """
+
+    members: tuple[TrialRecord, ...]
+    baseline: TrialRecord | None
+    max_accuracy_drop: float
+
+    @classmethod
+    def from_records(cls, records: Sequence[TrialRecord],
+                     max_accuracy_drop: float = 0.01) -> ParetoFront:
+        feasible = [r for r in records if r.complete and r.feasible]
+        members = sorted(non_dominated(feasible), key=lambda r: r.metrics["latency_p95_ms"])
+        baseline = next((r for r in records if r.baseline and r.complete), None)
+        return cls(tuple(members), baseline, max_accuracy_drop)
+
+    @property
+    def numbers(self) -> set[int]:
+        return {r.number for r in self.members}
+
+    def hypervolume(self) -> float:
+        """Volume dominated in (accuracy drop / band, p95 / baseline p95, size / baseline size).
+
+        The reference point is the baseline's latency and size at the edge of the accuracy band,
+        so 0 means nothing beats the baseline and the value grows as the front improves.
+        """
+        if self.baseline is None or not self.members:
+            return 0.0
+        from optuna._hypervolume import compute_hypervolume
+
+        base = self.baseline.metrics
+        band = max(self.max_accuracy_drop, 1e-3)
+        points = np.asarray([[(base["accuracy"] - r.metrics["accuracy"]) / band,
+                              r.metrics["latency_p95_ms"] / base["latency_p95_ms"],
+                              r.metrics["size_kb"] / base["size_kb"]] for r in self.members])
+        reference = np.asarray([1.0, 1.0, 1.0])
+        inside = np.all(points < reference, axis=1)
+        if not inside.any():
+            return 0.0
+        return float(compute_hypervolume(points[inside], reference))

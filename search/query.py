@@ -1,0 +1,82 @@
+"""Constraint queries over trials: ``--where "latency_p95_ms < 2 and size_kb <= 500"``."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from search.errors import NothingFoundError, QueryError
+from search.records import DOCUMENTED_METRICS, TrialRecord, is_known_metric
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
+}
+_CLAUSE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|<|>)\s*"
+                     r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    metric: str
+    op: str
+    value: float
+
+    def holds(self, record: TrialRecord) -> bool:
+        actual = record.metrics.get(self.metric)
+        return actual is not None and _OPS[self.op](actual, self.value)
+
+
+def parse_where(expression: str | None) -> tuple[Condition, ...]:
+    """Parse clauses joined by ``and``; each is ``metric OP number``."""
+    if expression is None or not expression.strip():
+        return ()
+    conditions = []
+    for clause in re.split(r"\s+and\s+", expression.strip(), flags=re.IGNORECASE):
+        match = _CLAUSE.match(clause)
+        if not match:
+            raise QueryError(f"--where: cannot parse {clause.strip()!r}; expected "
+                             f"'metric OP number' with OP one of < <= > >= ==, joined by 'and'")
+        metric, op, value = match.groups()
+        check_metric(metric, "--where")
+        conditions.append(Condition(metric, op, float(value)))
+    return tuple(conditions)
+
+
+def check_metric(name: str, where: str) -> None:
+    if not is_known_metric(name):
+        raise QueryError(f"{where}: unknown metric {name!r}; known metrics: "
+                         f"{', '.join(DOCUMENTED_METRICS)}, exit_rate_<k>")
+
+
+def tie_break_key(record: TrialRecord) -> tuple[float, ...]:
+    """After the objective: lower p95, smaller size, higher accuracy, earlier trial."""
+    m = record.metrics
+    return (m.get("latency_p95_ms", float("inf")), m.get("size_kb", float("inf")),
+            -m.get("accuracy", 0.0), float(record.number))
+
+
+def best(records: Sequence[TrialRecord], *, where: str | None = None,
+         maximize: str | None = None, minimize: str | None = None,
+         device_class: str | None = None, feasible_only: bool = True) -> TrialRecord:
+    """The feasible completed trial that satisfies ``where`` and is best for the objective.
+
+    Exactly one of ``maximize`` and ``minimize`` names the metric to optimise. Ties are broken by
+    :func:`tie_break_key`. Raises :class:`NothingFoundError` when no trial qualifies.
+    """
+    if (maximize is None) == (minimize is None):
+        raise QueryError("give exactly one of --maximize METRIC and --minimize METRIC")
+    metric = maximize or minimize
+    assert metric is not None
+    check_metric(metric, "--maximize" if maximize else "--minimize")
+    conditions = parse_where(where)
+    pool = [r for r in records if r.complete and (r.feasible or not feasible_only)
+            and (device_class is None or r.device_class == device_class)
+            and metric in r.metrics and all(c.holds(r) for c in conditions)]
+    if not pool:
+        scope = f" where {where}" if where else ""
+        raise NothingFoundError(f"no feasible trial{scope}"
+                                + (f" on device class {device_class!r}" if device_class else ""))
+    sign = -1.0 if maximize else 1.0
+    return min(pool, key=lambda r: (sign * r.metrics[metric], *tie_break_key(r)))

@@ -1,0 +1,83 @@
+"""Trials as the rest of paretoedge sees them, read back from the Optuna storage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Objectives of every study: (metric, direction).
+OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"),
+                                           ("latency_p95_ms", "minimize"),
+                                           ("size_kb", "minimize"))
+
+#: Metric names of DESIGN.md, plus knobs and build facts logged as metrics.
+DOCUMENTED_METRICS: tuple[str, ...] = (
+    "accuracy", "accuracy_drop", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms",
+    "latency_p95_ms", "latency_p99_ms", "latency_std_ms", "latency_n", "latency_ci_rel_width",
+    "size_kb", "peak_mem_mb", "ece", "energy_mj", "prune_ratio", "exit_threshold",
+    "early_exit", "int8_groups", "macs_m", "params_k", "fused_int_ops_ratio", "build_s",
+    "measure_s",
+)
+
+
+def is_known_metric(name: str) -> bool:
+    return name in DOCUMENTED_METRICS or (name.startswith("exit_rate_")
+                                          and name.removeprefix("exit_rate_").isdigit())
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial: its candidate, what was measured, and where its bundle is."""
+
+    number: int
+    state: str
+    candidate: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    feasible: bool
+    baseline: bool
+    bundle: str | None
+    bundle_digest: str | None
+    fail_reason: str | None = None
+    agent_id: str | None = None
+    device_class: str | None = None
+    fingerprint: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "COMPLETE"
+
+    def objective_values(self) -> tuple[float, ...]:
+        return tuple(float(self.metrics[name]) for name, _ in OBJECTIVES)
+
+    def bundle_path(self, workdir: Path) -> Path | None:
+        return (Path(workdir) / self.bundle) if self.bundle else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial": self.number, "state": self.state, "baseline": self.baseline,
+                "feasible": self.feasible, "candidate": dict(self.candidate),
+                "metrics": dict(self.metrics), "bundle": self.bundle,
+                "bundle_digest": self.bundle_digest, "fail_reason": self.fail_reason,
+                "agent_id": self.agent_id, "device_class": self.device_class}
+
+
+def record_from_trial(trial: Any) -> TrialRecord:
+    """Build a record from an ``optuna.trial.FrozenTrial``."""
+    attrs = trial.user_attrs
+    constraints = getattr(trial, "constraints", None) or {}
+    feasible = trial.state.name == "COMPLETE" and all(v <= 0 for v in constraints.values())
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name,
+        candidate=attrs.get("candidate", {}),
+        metrics={k: float(v) for k, v in attrs.get("metrics", {}).items()},
+        feasible=feasible,
+        baseline=bool(attrs.get("baseline", False)),
+        bundle=attrs.get("bundle"),
+        bundle_digest=attrs.get("bundle_digest"),
+        fail_reason=attrs.get("fail_reason"),
+        agent_id=attrs.get("agent_id"),
+        device_class=attrs.get("device_class"),
+        fingerprint=attrs.get("fingerprint", {}),
+    )

@@ -1,0 +1,129 @@
+"""Static int8 quantization with onnxruntime (QDQ), and a check of what ORT really fused.
+
+On x86 only uint8 activations with int8 weights (U8S8) run as fused integer kernels; int8
+activations stay ``DequantizeLinear -> float op`` (see FACTS.md). U8S8 per-channel is the default.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spaces.errors import BuildError
+
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
+               "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
+               "QLinearSigmoid", "QLinearLeakyRelu", "MatMulInteger", "ConvInteger",
+               "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How int8 groups are quantized."""
+
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    method: str = "minmax"
+    calibration_samples: int = 256
+
+    def to_dict(self) -> dict[str, object]:
+        return {"activation_type": self.activation_type, "weight_type": self.weight_type,
+                "per_channel": self.per_channel, "method": self.method,
+                "calibration_samples": self.calibration_samples}
+
+
+@dataclass(frozen=True)
+class FusionReport:
+    """Quantized compute ops ORT runs as integer kernels vs. left as Dequantize + float op."""
+
+    integer_ops: int
+    float_after_dequantize: int
+
+    @property
+    def fused_ratio(self) -> float:
+        total = self.integer_ops + self.float_after_dequantize
+        return self.integer_ops / total if total else 0.0
+
+
+class _PreprocessAdviceFilter(logging.Filter):
+    """onnxruntime logs "Please consider pre-processing" on the root logger at every call;
+    paretoedge's graphs come straight from the exporter with constant folding, so it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "consider to run pre-processing" not in record.getMessage() and \
+            "consider pre-processing" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_PreprocessAdviceFilter())
+
+
+def _quant_type(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
+
+
+def _calibration_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def quantize_int8(source: Path, target: Path, calibration: np.ndarray, *,
+                  settings: QuantSettings, input_name: str = "input",
+                  nodes_to_exclude: Sequence[str] = ()) -> None:
+    """Static QDQ quantization of ``source`` calibrated on ``calibration`` (one row a sample)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._rows = iter(range(len(calibration)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            i = next(self._rows, None)
+            return None if i is None else {input_name: calibration[i:i + 1]}
+
+    try:
+        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=_quant_type(settings.activation_type),
+                        weight_type=_quant_type(settings.weight_type),
+                        per_channel=settings.per_channel,
+                        calibrate_method=_calibration_method(settings.method),
+                        nodes_to_exclude=list(nodes_to_exclude) or None)
+    except Exception as exc:  # onnxruntime raises bare Exceptions on unsupported graphs
+        raise BuildError(f"int8 quantization of {source.name} failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def node_names(path: Path) -> list[str]:
+    import onnx
+
+    return [node.name for node in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+def fusion_report(path: Path) -> FusionReport:
+    """Count integer kernels in the graph ORT will run (its optimized graph, saved to a file)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(optimized)).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    integer = sum(1 for n in graph.node if n.op_type in INTEGER_OPS)
+    unfused = sum(1 for n in graph.node if n.op_type in COMPUTE_OPS
+                  and any(producers.get(i) == "DequantizeLinear" for i in n.input))
+    return FusionReport(integer_ops=integer, float_after_dequantize=unfused)
