@@ -1,0 +1,37 @@
+"""A measurement in a process of its own: ``python -m device_agents.measure_child JOB RESULT``.
+
+``JOB`` is a JSON file (bundle directory, eval-set file, protocol, digest, providers, cores);
+the :class:`Measurement` is pickled to ``RESULT``. The agent starts one per measurement, so
+that peak memory is the bundle's own and a crash of onnxruntime costs one trial, not the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+from device_agents.eval_set import EvalSet
+from device_agents.measure import measure_bundle
+from device_agents.protocol import MeasurementProtocol
+
+
+def main(job_path: str, result_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    if job.get("cores") and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(job["cores"]))
+    eval_set = EvalSet.from_bytes(Path(job["eval_set"]).read_bytes())
+    measurement = measure_bundle(Path(job["directory"]), eval_set,
+                                 MeasurementProtocol.from_dict(job["protocol"]),
+                                 expected_digest=job["digest"],
+                                 providers=tuple(job["providers"]), agent_id=job["agent_id"])
+    tmp = Path(result_path + ".tmp")
+    tmp.write_bytes(pickle.dumps(measurement))
+    tmp.rename(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
