@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,17 +276,31 @@ class BundlePayload:
                    files={name: (directory / name).read_bytes() for name in names})
 
     def materialize(self, root: Path) -> Path:
-        """Write the files under ``root/<digest>`` (once) and verify them; return the dir."""
+        """Write the files under ``root/<digest>`` (once) and verify them; return the dir.
+
+        Several agents on one host may share ``root``: each writes into a private temporary
+        directory and renames it into place; whoever loses the race keeps the winner's copy.
+        """
         directory = Path(root) / self.digest
         if not (directory / MANIFEST).is_file():
-            tmp = Path(root) / (self.digest + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for name, data in self.files.items():
-                if Path(name).name != name:
-                    raise BundleError(f"bundle payload: file name {name!r} is not plain")
-                (tmp / name).write_bytes(data)
-            shutil.rmtree(directory, ignore_errors=True)
-            tmp.rename(directory)
+            Path(root).mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=self.digest[:16] + ".", suffix=".partial",
+                                        dir=root))
+            try:
+                for name, data in self.files.items():
+                    if Path(name).name != name or name in (".", ".."):
+                        raise BundleError(f"bundle payload: file name {name!r} is not plain")
+                    (tmp / name).write_bytes(data)
+                # before the rename: a corrupt payload must not be cached under its digest
+                verify_bundle(tmp, self.digest)
+                if directory.exists() and not (directory / MANIFEST).is_file():
+                    shutil.rmtree(directory, ignore_errors=True)  # left by a crash
+                try:
+                    tmp.rename(directory)
+                except OSError:  # another agent put the same bundle in place first
+                    if not (directory / MANIFEST).is_file():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         verify_bundle(directory, self.digest)
         return directory

@@ -20,8 +20,9 @@ class EvalSet:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.inputs.ndim < 2:
-            raise EvalSetError(f"eval set: inputs must be (N, ...), got shape {self.inputs.shape}")
+        if self.inputs.ndim < 2 or self.inputs.shape[0] == 0:
+            raise EvalSetError(f"eval set: inputs must be (N, ...) with N > 0, got shape "
+                               f"{self.inputs.shape}")
         if self.labels.shape != (self.inputs.shape[0],):
             raise EvalSetError(f"eval set: {self.inputs.shape[0]} inputs but labels of shape "
                                f"{self.labels.shape}")

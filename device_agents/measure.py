@@ -155,7 +155,7 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
     converged = False
     k = 0
     while len(samples) < protocol.max_runs:
-        for _ in range(protocol.round_runs):
+        for _ in range(min(protocol.round_runs, protocol.max_runs - len(samples))):
             sample = inputs[k % n]
             k += 1
             t0 = clock()

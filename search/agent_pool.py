@@ -55,7 +55,7 @@ def start_ray(address: str | None, *, num_cpus: int | None = None,
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), resources=resources or {},
                  include_dashboard=False, namespace=AGENT_NAMESPACE, log_to_driver=False,
-                 object_store_memory=256 * 1024 * 1024)
+                 object_store_memory=256 * 1024 * 1024, logging_level=logging.WARNING)
 
 
 class RayAgentPool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,8 +68,10 @@ def make_sampler(name: str, seed: int, trials: int) -> Any:
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          n_startup_trials=min(10, max(4, trials // 4)))
+        with warnings.catch_warnings():  # multivariate and group are "experimental" since 2.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                              n_startup_trials=min(10, max(4, trials // 4)))
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(20, max(4, trials)))
     if name == "random":
@@ -121,7 +124,9 @@ class StudyRunner:
             directions=[direction for _, direction in OBJECTIVES],
             sampler=make_sampler(self.config.search.sampler, self.config.search.seed, trials),
             load_if_exists=True)
-        study.set_metric_names([name for name, _ in OBJECTIVES])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([name for name, _ in OBJECTIVES])
         return study
 
     def _recover_interrupted(self, study: Any) -> None:

@@ -46,7 +46,12 @@ def load_reference(reference: str, base_dir: Path) -> Any:
                 assert spec is not None and spec.loader is not None
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[unique] = module
-                spec.loader.exec_module(module)
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    # as importlib does: a half-executed module must not be found next time
+                    sys.modules.pop(unique, None)
+                    raise
         else:
             module = importlib.import_module(module_name)
     except ReferenceError_:

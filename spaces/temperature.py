@@ -22,7 +22,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 1
         return loss
 
     optimizer.step(closure)
-    value = float(log_t.exp())
+    value = float(log_t.detach().exp())
     return value if np.isfinite(value) and value > 0 else 1.0
 
 

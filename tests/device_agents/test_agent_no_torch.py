@@ -1,0 +1,99 @@
+"""A device has no torch: load, run and measure a bundle in a Python where torch cannot import."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from device_agents import EvalSet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = textwrap.dedent('''
+    import importlib.abc
+    import json
+    import sys
+
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+
+    sys.meta_path.insert(0, NoTorch())
+
+    import numpy as np
+
+    import device_agents
+    import device_agents.measure_child
+    import device_agents.ray_actor
+    from device_agents import (
+        BundlePayload, CascadeRunner, EvalSet, EvalSetPayload, LocalDeviceAgent,
+        MeasurementProtocol, MeasureRequest,
+    )
+    from device_agents.measure import measure_bundle
+
+    bundle, digest, eval_path, cache = sys.argv[1:5]
+    runner = CascadeRunner.load(bundle, expected_digest=digest)
+    early = runner.predict(np.array([50, 0, 0, 1], dtype=np.float32))
+    late = runner.predict(np.array([0, 0, 1, 0], dtype=np.float32))
+
+    eval_set = EvalSet.from_bytes(open(eval_path, "rb").read())
+    protocol = MeasurementProtocol(warmup_runs=5, warmup_seconds=0.0, min_runs=20,
+                                   max_runs=200, round_runs=10)
+    measured = measure_bundle(bundle, eval_set, protocol, expected_digest=digest)
+
+    payload = EvalSetPayload.from_eval_set(eval_set)
+    agent = LocalDeviceAgent(device_class="no-torch", cache_dir=cache, isolate=False)
+    by_agent = agent.measure(MeasureRequest(
+        bundle_digest=digest, bundle=BundlePayload.from_directory(bundle),
+        eval_set_digest=payload.digest, eval_set=payload, protocol=protocol))
+
+    torch_loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+    try:
+        import torch  # noqa: F401
+        blocked = False
+    except ImportError:
+        blocked = True
+    print(json.dumps({
+        "early": [early.label, early.exit_index], "late": [late.label, late.exit_index],
+        "accuracy": measured.accuracy, "exit_rates": list(measured.exit_rates),
+        "agent_accuracy": by_agent.accuracy, "torch_modules": torch_loaded,
+        "blocked": blocked,
+    }))
+''')
+
+
+def test_device_agents_run_and_measure_without_torch(tmp_path, make_bundle, cascade):
+    directory, digest = make_bundle(cascade.TWO_STAGE, thresholds=(0.9,))
+    eval_set = EvalSet(
+        inputs=np.array([[50, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float32),
+        labels=np.array([0, 1, 0, 0], dtype=np.int64))
+    eval_path = tmp_path / "eval.npz"
+    eval_set.save(eval_path)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                         if p)}
+
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(directory), digest, str(eval_path),
+         str(tmp_path / "cache")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["blocked"] is True  # the blocker works, so the run really had no torch
+    assert result["torch_modules"] == []
+    assert result["early"] == [0, 0]
+    assert result["late"] == [1, 1]
+    assert result["accuracy"] == 0.75
+    assert result["exit_rates"] == [0.25, 0.75]
+    assert result["agent_accuracy"] == 0.75

@@ -1,0 +1,135 @@
+"""SearchSpace: trials become candidates inside the spec; the baseline is enqueueable."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from spaces import PRECISIONS, Candidate, SearchSpace, SpaceError, SpaceSpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+GROUPS = ("stage0", "stage1", "stage2")
+
+
+def _is_multiple(value: float, step: float) -> bool:
+    return math.isclose(value / step, round(value / step), abs_tol=1e-9)
+
+
+def test_baseline_is_all_fp32_unpruned_without_exits() -> None:
+    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    assert space.baseline() == Candidate(quantization=("fp32",) * 3, prune_ratio=0.0,
+                                         exit_thresholds=())
+    assert space.num_exits == 2
+
+
+def test_baseline_params() -> None:
+    params = SearchSpace(SpaceSpec(groups=GROUPS)).baseline_params()
+    assert params == {"quant_stage0": "fp32", "quant_stage1": "fp32", "quant_stage2": "fp32",
+                      "prune_ratio": 0.0, "early_exit": False}
+    # knobs that are off have no params at all
+    params = SearchSpace(SpaceSpec(groups=("only",), prune_ratio_max=0.0)).baseline_params()
+    assert params == {"quant_only": "fp32"}
+
+
+@pytest.mark.parametrize("spec", [
+    SpaceSpec(groups=GROUPS),
+    SpaceSpec(groups=GROUPS, prune_ratio_max=0.75, prune_ratio_step=0.25, threshold_low=0.8,
+              threshold_high=0.95),
+    SpaceSpec(groups=("a", "b"), precisions=("int8",), prune_ratio_max=0.3,
+              prune_ratio_step=0.1),
+])
+def test_suggest_stays_inside_the_spec(spec: SpaceSpec) -> None:
+    space = SearchSpace(spec)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_exit, seen_no_exit, ratios = False, False, set()
+    for _ in range(60):
+        trial = study.ask()
+        candidate = space.suggest(trial)
+        assert isinstance(candidate, Candidate)
+        assert len(candidate.quantization) == len(spec.groups)
+        assert set(candidate.quantization) <= set(spec.precisions)
+        assert 0.0 <= candidate.prune_ratio <= spec.prune_ratio_max + 1e-9
+        assert _is_multiple(candidate.prune_ratio, spec.prune_ratio_step)
+        ratios.add(candidate.prune_ratio)
+        if candidate.exit_thresholds:
+            seen_exit = True
+            assert len(candidate.exit_thresholds) == len(spec.groups) - 1
+            assert all(spec.threshold_low <= t <= spec.threshold_high
+                       for t in candidate.exit_thresholds)
+        else:
+            seen_no_exit = True
+        study.tell(trial, 0.0)
+    assert seen_exit and seen_no_exit
+    assert len(ratios) > 1
+
+
+def test_suggest_with_all_precisions_explores_both() -> None:
+    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(20):
+        seen.update(space.suggest(study.ask()).quantization)
+    assert seen == set(PRECISIONS)
+
+
+def test_fixed_trial_of_baseline_params_gives_the_baseline() -> None:
+    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    assert space.suggest(optuna.trial.FixedTrial(space.baseline_params())) == space.baseline()
+
+
+def test_enqueued_baseline_is_the_first_trial() -> None:
+    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial(space.baseline_params())
+    assert space.suggest(study.ask()) == space.baseline()
+
+
+def test_fixed_trial_with_exits_gives_one_threshold_per_exit() -> None:
+    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    params = {"quant_stage0": "int8", "quant_stage1": "fp32", "quant_stage2": "int8",
+              "prune_ratio": 0.25, "early_exit": True, "exit_threshold": 0.9}
+    candidate = space.suggest(optuna.trial.FixedTrial(params))
+    assert candidate == Candidate(quantization=("int8", "fp32", "int8"), prune_ratio=0.25,
+                                  exit_thresholds=(0.9, 0.9))
+
+
+def test_no_exits_for_a_single_stage_or_when_disabled() -> None:
+    for spec in (SpaceSpec(groups=("only",)), SpaceSpec(groups=GROUPS, early_exit=False)):
+        space = SearchSpace(spec)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(10):
+            trial = study.ask()
+            assert space.suggest(trial).exit_thresholds == ()
+            assert "early_exit" not in trial.params
+        assert "early_exit" not in space.baseline_params()
+
+
+def test_pruning_disabled_suggests_no_ratio() -> None:
+    space = SearchSpace(SpaceSpec(groups=GROUPS, prune_ratio_max=0.0))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        assert space.suggest(trial).prune_ratio == 0.0
+        assert "prune_ratio" not in trial.params
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"groups": ()},
+    {"groups": GROUPS, "precisions": ("fp32", "int4")},
+    {"groups": GROUPS, "prune_ratio_max": -0.1},
+    {"groups": GROUPS, "prune_ratio_max": 0.96},
+    {"groups": GROUPS, "threshold_low": 0.0},
+    {"groups": GROUPS, "threshold_low": 0.9, "threshold_high": 0.8},
+    {"groups": GROUPS, "threshold_high": 1.01},
+])
+def test_spec_rejects_bad_ranges(kwargs: dict) -> None:
+    with pytest.raises(SpaceError):
+        SpaceSpec(**kwargs)
+
+
+def test_spec_accepts_edges() -> None:
+    SpaceSpec(groups=GROUPS, prune_ratio_max=0.95, threshold_low=0.9, threshold_high=0.9)
+    SpaceSpec(groups=GROUPS, prune_ratio_max=0.0, threshold_high=1.0)
