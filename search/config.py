@@ -54,26 +54,21 @@ class ConstraintsConfig(_Strict):
     size_kb: float | None = Field(None, gt=0)
 
 
-class SpaceConfig(_Strict):
+class QuantizationConfig(_Strict):
+    """The quantization knob: precisions searched per layer group, and how int8 is built."""
+
     precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
-    prune_ratio_max: float = Field(0.5, ge=0, le=0.95)
-    prune_ratio_step: float = Field(0.125, gt=0, le=0.95)
-    early_exit: bool = True
-    exit_threshold: tuple[float, float] = (0.5, 0.999)
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["uint8", "int8"] = "int8"
+    per_channel: bool = True
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_samples: int = Field(256, ge=1)
 
     @field_validator("precisions")
     @classmethod
     def _nonempty(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("must list at least one precision")
-        return value
-
-    @field_validator("exit_threshold")
-    @classmethod
-    def _threshold_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low <= high <= 1:
-            raise ValueError("must be [low, high] with 0 < low <= high <= 1")
         return value
 
 
@@ -84,24 +79,30 @@ class FinetuneConfig(_Strict):
     distill_temperature: float = Field(4.0, gt=0)
 
 
-class QuantizationConfig(_Strict):
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    weight_type: Literal["uint8", "int8"] = "int8"
-    per_channel: bool = True
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: int = Field(256, ge=1)
-
-
 class PruningConfig(_Strict):
+    """The pruning knob: ratios searched, the criterion, and the finetune after pruning."""
+
+    ratio_max: float = Field(0.5, ge=0, le=0.95)
+    ratio_step: float = Field(0.125, gt=0, le=0.95)
     importance: Literal["l1", "l2"] = "l2"
     round_to: int = Field(8, ge=1)
-
-
-class BuildConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
-    quantization: QuantizationConfig = QuantizationConfig()
-    pruning: PruningConfig = PruningConfig()
+
+
+class EarlyExitConfig(_Strict):
+    """The early-exit knob: whether exits may be used, the threshold range, the confidence."""
+
+    enabled: bool = True
+    threshold: tuple[float, float] = (0.5, 0.999)
     confidence: Literal["max_softmax", "margin", "entropy"] = "max_softmax"
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError("must be [low, high] with 0 < low <= high <= 1")
+        return value
 
 
 class MeasurementConfig(_Strict):
@@ -140,8 +141,9 @@ class StudyConfig(_Strict):
     data: DataConfig
     device: DeviceConfig = DeviceConfig()
     constraints: ConstraintsConfig = ConstraintsConfig()
-    space: SpaceConfig = SpaceConfig()
-    build: BuildConfig = BuildConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
+    pruning: PruningConfig = PruningConfig()
+    early_exit: EarlyExitConfig = EarlyExitConfig()
     measurement: MeasurementConfig = MeasurementConfig()
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -11,10 +11,12 @@ from spaces import (
     BuildSettings,
     CandidateBuilder,
     DataSplits,
+    ExitSpace,
     ModelError,
+    PruningSpace,
+    QuantizationSpace,
     QuantSettings,
     SearchSpace,
-    SpaceSpec,
     TrainedModel,
     TrainSettings,
     load_reference,
@@ -47,21 +49,30 @@ def load_data(config: StudyConfig) -> DataSplits:
 
 
 def build_settings(config: StudyConfig) -> BuildSettings:
-    b = config.build
+    q, p = config.quantization, config.pruning
     return BuildSettings(
-        finetune=TrainSettings(epochs=b.finetune.epochs, lr=b.finetune.lr,
+        finetune=TrainSettings(epochs=p.finetune.epochs, lr=p.finetune.lr,
                                batch_size=config.model.train.batch_size,
                                weight_decay=config.model.train.weight_decay,
-                               distill_alpha=b.finetune.distill_alpha,
-                               distill_temperature=b.finetune.distill_temperature,
+                               distill_alpha=p.finetune.distill_alpha,
+                               distill_temperature=p.finetune.distill_temperature,
                                seed=config.model.train.seed),
-        quant=QuantSettings(activation_type=b.quantization.activation_type,
-                            weight_type=b.quantization.weight_type,
-                            per_channel=b.quantization.per_channel,
-                            method=b.quantization.method,
-                            calibration_samples=b.quantization.calibration_samples),
-        prune_importance=b.pruning.importance, round_to=b.pruning.round_to,
-        confidence=b.confidence)
+        quant=QuantSettings(activation_type=q.activation_type, weight_type=q.weight_type,
+                            per_channel=q.per_channel, method=q.method,
+                            calibration_samples=q.calibration_samples),
+        prune_importance=p.importance, round_to=p.round_to,
+        confidence=config.early_exit.confidence)
+
+
+def search_space(config: StudyConfig, builder: CandidateBuilder) -> SearchSpace:
+    e = config.early_exit
+    return SearchSpace(
+        quantization=QuantizationSpace(groups=builder.groups,
+                                       precisions=tuple(config.quantization.precisions)),
+        pruning=PruningSpace(ratio_max=config.pruning.ratio_max,
+                             ratio_step=config.pruning.ratio_step),
+        exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=e.enabled,
+                        threshold_low=e.threshold[0], threshold_high=e.threshold[1]))
 
 
 def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
@@ -81,10 +92,5 @@ def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
              ", ".join(f"{a:.4f}" for a in trained.exit_accuracies))
     builder = CandidateBuilder(trained=trained, data=data, cache_dir=cache_dir,
                                settings=build_settings(config))
-    s = config.space
-    space = SearchSpace(SpaceSpec(groups=builder.groups, precisions=tuple(s.precisions),
-                                  prune_ratio_max=s.prune_ratio_max,
-                                  prune_ratio_step=s.prune_ratio_step, early_exit=s.early_exit,
-                                  threshold_low=s.exit_threshold[0],
-                                  threshold_high=s.exit_threshold[1]))
+    space = search_space(config, builder)
     return Prepared(data=data, trained=trained, builder=builder, space=space)

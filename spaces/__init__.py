@@ -7,9 +7,12 @@ from spaces.builder import BuildSettings, BuiltBundle, CandidateBuilder
 from spaces.candidate import PRECISIONS, Candidate
 from spaces.data import DataSplits
 from spaces.errors import BuildError, ModelError, ReferenceError_, SpaceError, SpacesError
+from spaces.exit_space import ExitSpace
+from spaces.pruning_space import PruningSpace
+from spaces.quantization_space import QuantizationSpace
 from spaces.quantize import QuantSettings
 from spaces.references import load_reference
-from spaces.search_space import SearchSpace, SpaceSpec
+from spaces.search_space import SearchSpace
 from spaces.staged_model import StagedModel, as_staged
 from spaces.training import TrainSettings
 
@@ -21,12 +24,14 @@ __all__ = [
     "Candidate",
     "CandidateBuilder",
     "DataSplits",
+    "ExitSpace",
     "ModelError",
+    "PruningSpace",
     "QuantSettings",
+    "QuantizationSpace",
     "ReferenceError_",
     "SearchSpace",
     "SpaceError",
-    "SpaceSpec",
     "SpacesError",
     "StagedModel",
     "TrainSettings",

@@ -41,13 +41,13 @@ def test_unknown_key_and_wrong_type(write_config, tmp_path: Path) -> None:
 
 
 def test_validate_lists_every_problem(write_config, tmp_path: Path) -> None:
-    path = write_config(spce=1, space={"prune_ratio_max": 2.0})
+    path = write_config(spce=1, pruning={"ratio_max": 2.0})
     done = paretoedge("validate", str(path), cwd=tmp_path)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2
     assert any("spce" in line for line in lines)
-    assert any("space.prune_ratio_max" in line for line in lines)
+    assert any("pruning.ratio_max" in line for line in lines)
     ok = paretoedge("validate", str(write_config(name="good.yaml")), cwd=tmp_path)
     assert ok.returncode == 0 and "ok" in ok.stdout
 

@@ -30,9 +30,9 @@ BASE = {"study": "s", "model": {"factory": "m.py:f"}, "data": {"loader": "m.py:d
 
 @pytest.mark.parametrize(("patch", "field", "words"), [
     ({"spaec": {}}, "spaec", "unknown key"),
-    ({"space": {"prune_ratio_max": 0.99}}, "space.prune_ratio_max", "0.95"),
-    ({"space": {"exit_threshold": [0.9, 1.5]}}, "space.exit_threshold", "0 < low"),
-    ({"space": {"precisions": ["fp32", "int3"]}}, "space.precisions.1", "fp32"),
+    ({"pruning": {"ratio_max": 0.99}}, "pruning.ratio_max", "0.95"),
+    ({"early_exit": {"threshold": [0.9, 1.5]}}, "early_exit.threshold", "0 < low"),
+    ({"quantization": {"precisions": ["fp32", "int3"]}}, "quantization.precisions.1", "fp32"),
     ({"measurement": {"min_runs": "many"}}, "measurement.min_runs", "integer"),
     ({"constraints": {"max_accuracy_drop": -1}}, "constraints.max_accuracy_drop",
      "greater than or equal to 0"),

@@ -71,7 +71,7 @@ def test_study_runs_the_baseline_first_and_respects_the_budget(write_config, tmp
 def test_a_failed_measurement_is_a_failed_trial_and_the_study_goes_on(write_config,
                                                                      tmp_path) -> None:
     agent = fake_device(fail_when=lambda c: c["prune_ratio"] > 0)
-    path = write_config(space={"prune_ratio_max": 0.5, "prune_ratio_step": 0.25})
+    path = write_config(pruning={"ratio_max": 0.5, "ratio_step": 0.25})
     summary = runner_for(path, tmp_path / "runs", agent).run(RunOptions(trials=6))
     assert len(summary.records) == 6
     failed = [r for r in summary.records if r.state == "FAIL"]

@@ -3,15 +3,48 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import optuna
 import pytest
 
-from spaces import PRECISIONS, Candidate, SearchSpace, SpaceError, SpaceSpec
+from spaces import (
+    PRECISIONS,
+    Candidate,
+    ExitSpace,
+    PruningSpace,
+    QuantizationSpace,
+    SearchSpace,
+    SpaceError,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 GROUPS = ("stage0", "stage1", "stage2")
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """A flat view of the three knobs (one exit per group but the last), for these tests."""
+
+    groups: tuple[str, ...]
+    precisions: tuple[str, ...] = PRECISIONS
+    prune_ratio_max: float = 0.5
+    prune_ratio_step: float = 0.125
+    early_exit: bool = True
+    threshold_low: float = 0.5
+    threshold_high: float = 0.999
+
+    def __post_init__(self) -> None:
+        space_of(self)  # the knobs validate themselves
+
+
+def space_of(spec: SpaceSpec) -> SearchSpace:
+    return SearchSpace(
+        quantization=QuantizationSpace(groups=spec.groups, precisions=spec.precisions),
+        pruning=PruningSpace(ratio_max=spec.prune_ratio_max, ratio_step=spec.prune_ratio_step),
+        exits=ExitSpace(num_exits=len(spec.groups) - 1, enabled=spec.early_exit,
+                        threshold_low=spec.threshold_low, threshold_high=spec.threshold_high))
 
 
 def _is_multiple(value: float, step: float) -> bool:
@@ -19,18 +52,18 @@ def _is_multiple(value: float, step: float) -> bool:
 
 
 def test_baseline_is_all_fp32_unpruned_without_exits() -> None:
-    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    space = space_of(SpaceSpec(groups=GROUPS))
     assert space.baseline() == Candidate(quantization=("fp32",) * 3, prune_ratio=0.0,
                                          exit_thresholds=())
-    assert space.num_exits == 2
+    assert space.exits.num_exits == 2
 
 
 def test_baseline_params() -> None:
-    params = SearchSpace(SpaceSpec(groups=GROUPS)).baseline_params()
+    params = space_of(SpaceSpec(groups=GROUPS)).baseline_params()
     assert params == {"quant_stage0": "fp32", "quant_stage1": "fp32", "quant_stage2": "fp32",
                       "prune_ratio": 0.0, "early_exit": False}
     # knobs that are off have no params at all
-    params = SearchSpace(SpaceSpec(groups=("only",), prune_ratio_max=0.0)).baseline_params()
+    params = space_of(SpaceSpec(groups=("only",), prune_ratio_max=0.0)).baseline_params()
     assert params == {"quant_only": "fp32"}
 
 
@@ -42,7 +75,7 @@ def test_baseline_params() -> None:
               prune_ratio_step=0.1),
 ])
 def test_suggest_stays_inside_the_spec(spec: SpaceSpec) -> None:
-    space = SearchSpace(spec)
+    space = space_of(spec)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen_exit, seen_no_exit, ratios = False, False, set()
     for _ in range(60):
@@ -67,7 +100,7 @@ def test_suggest_stays_inside_the_spec(spec: SpaceSpec) -> None:
 
 
 def test_suggest_with_all_precisions_explores_both() -> None:
-    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    space = space_of(SpaceSpec(groups=GROUPS))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(20):
@@ -76,19 +109,19 @@ def test_suggest_with_all_precisions_explores_both() -> None:
 
 
 def test_fixed_trial_of_baseline_params_gives_the_baseline() -> None:
-    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    space = space_of(SpaceSpec(groups=GROUPS))
     assert space.suggest(optuna.trial.FixedTrial(space.baseline_params())) == space.baseline()
 
 
 def test_enqueued_baseline_is_the_first_trial() -> None:
-    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    space = space_of(SpaceSpec(groups=GROUPS))
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.enqueue_trial(space.baseline_params())
     assert space.suggest(study.ask()) == space.baseline()
 
 
 def test_fixed_trial_with_exits_gives_one_threshold_per_exit() -> None:
-    space = SearchSpace(SpaceSpec(groups=GROUPS))
+    space = space_of(SpaceSpec(groups=GROUPS))
     params = {"quant_stage0": "int8", "quant_stage1": "fp32", "quant_stage2": "int8",
               "prune_ratio": 0.25, "early_exit": True, "exit_threshold": 0.9}
     candidate = space.suggest(optuna.trial.FixedTrial(params))
@@ -98,7 +131,7 @@ def test_fixed_trial_with_exits_gives_one_threshold_per_exit() -> None:
 
 def test_no_exits_for_a_single_stage_or_when_disabled() -> None:
     for spec in (SpaceSpec(groups=("only",)), SpaceSpec(groups=GROUPS, early_exit=False)):
-        space = SearchSpace(spec)
+        space = space_of(spec)
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         for _ in range(10):
             trial = study.ask()
@@ -108,7 +141,7 @@ def test_no_exits_for_a_single_stage_or_when_disabled() -> None:
 
 
 def test_pruning_disabled_suggests_no_ratio() -> None:
-    space = SearchSpace(SpaceSpec(groups=GROUPS, prune_ratio_max=0.0))
+    space = space_of(SpaceSpec(groups=GROUPS, prune_ratio_max=0.0))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         trial = study.ask()
