@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 TRIALS ?= 20
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean fashion-mnist
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The reference benchmark's data: Debian's package (needs root, or run the apt-get line as root).
+fashion-mnist:
+	test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
