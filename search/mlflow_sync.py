@@ -245,7 +245,7 @@ class LiveTracking:
             self.mirror.reset()
             self._retry_at = self.clock() + self._backoff
             again = ("run 'paretoedge sync " + snapshot.study + "' once it is reachable"
-                     if final else f"the study goes on; retrying in {self._backoff:.0f} s")
+                     if final else f"the study goes on; retrying in {self._backoff:g} s")
             self.warn(f"MLflow: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; "
                       f"{again}")
             self._backoff = min(self._backoff * 2, 600.0)

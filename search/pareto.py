@@ -142,9 +142,15 @@ class HypervolumeHistory:
         return point
 
     def trials_since_improvement(self, tolerance: float = 1e-12) -> int:
-        """Finished trials since the hypervolume last grew (all of them if it never did)."""
+        """Finished trials since the hypervolume last grew (all of them if it never did).
+
+        The fp32 baseline does not count: it defines the reference point.
+        """
+        baseline = self._baseline.number if self._baseline is not None else None
         best, since = 0.0, 0
         for point in self.points:
+            if point.trial == baseline:
+                continue
             if point.hypervolume > best + tolerance:
                 best, since = point.hypervolume, 0
             else:

@@ -93,7 +93,7 @@ class ProgressDisplay:
         """Show ``state``: the live panel redraws; without one, ``log`` prints a line."""
         self._state, self._stamp = state, self._clock()
         if self._live is None and log:
-            self.console.print(state.line(), markup=False, highlight=False)
+            self.console.print(state.line(), markup=False, highlight=False, soft_wrap=True)
 
     def renderable(self) -> Group:
         state = self._state

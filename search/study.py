@@ -9,6 +9,7 @@ for trials at the first budget reached (:mod:`search.budget`) or at Ctrl-C
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -288,9 +289,9 @@ class StudyRunner:
     def _show(self, note: str = "") -> None:
         records = self.records()
         finished = sum(r.finished for r in records)
-        if self._stop.requested:
-            note = note or (f"stopping: waiting for {len(self._pending)} trial(s) in flight; "
-                            f"Ctrl-C again to abort")
+        if self._stop.requested and not note:
+            note = (f"stopping: waiting for {len(self._pending)} trial(s) in flight; Ctrl-C "
+                    f"again to abort them" if self._pending else "stopping")
         self.display.update(ProgressState(
             study=self.config.study, budget=self._clock.budget.trials, finished=finished,
             failed=sum(r.state == "FAIL" and not r.interrupted for r in records),
@@ -356,6 +357,8 @@ class StudyRunner:
                     stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref)
             except (KeyboardInterrupt, SystemExit):
                 stop_reason = INTERRUPTED_BY_USER
+                with contextlib.suppress(Exception):  # keep what finished just before
+                    self._collect(dispatcher, timeout=0.0)
                 for pending in [*self._pending.values(), *self._ready]:
                     self._interrupt(pending)
                 self._pending, self._ready = {}, []
@@ -418,6 +421,8 @@ class StudyRunner:
                     self._fail(pending, "no agent of the device class is available")
                 self._ready = []
                 return "no agent available"
+            if self._stop.requested:
+                stop_reason = INTERRUPTED_BY_USER
             if stop_reason is None:
                 stop_reason = self._clock.stop_reason(
                     finished=self._finished(), in_flight=len(self._pending) + len(self._ready),
@@ -426,8 +431,12 @@ class StudyRunner:
                 pending = self._ask(prepared)
                 if self._build(pending, prepared):
                     self._ready.append(pending)
+                self._collect(dispatcher, timeout=0.0)  # what finished during the build
                 continue
             if not self._pending and not self._ready:
                 return stop_reason or TRIALS_DONE
-            for completed in dispatcher.poll(timeout=1.0):
-                self._finish(self._pending.pop(completed.key), completed)
+            self._collect(dispatcher, timeout=1.0)
+
+    def _collect(self, dispatcher: Dispatcher, timeout: float) -> None:
+        for completed in dispatcher.poll(timeout=timeout):
+            self._finish(self._pending.pop(completed.key), completed)
