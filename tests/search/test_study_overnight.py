@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -48,7 +49,7 @@ def runner(config_path: Path, workdir: Path, agent: FakeAgent) -> StudyRunner:
     config = load_config(config_path)
     return StudyRunner(config, Workspace(workdir, config.study),
                        dispatcher_factory=lambda c, w: InlineDispatcher(agent),
-                       tracker=NullTracker(), console=Console(file=open(os.devnull, "w")))
+                       tracker=NullTracker(), console=Console(file=io.StringIO()))
 
 
 def test_patience_stops_a_study_whose_front_does_not_improve(write_config, tmp_path) -> None:

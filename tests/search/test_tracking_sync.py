@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -65,7 +65,7 @@ def workdir(tmp_path_factory, tiny_project):
     live = load_config(tiny_project(root, "live", "live.yaml",
                                     tracking={"retry_after_s": 0.001}))
     tracking = LiveTracking(MlflowMirror(runs, "live"), retry_after_s=0.001, warn=warnings.append)
-    quiet = Console(file=open(os.devnull, "w"))
+    quiet = Console(file=io.StringIO())
     StudyRunner(live, Workspace(runs, "live"), tracker=tracking, console=quiet,
                 dispatcher_factory=lambda c, w: InlineDispatcher(fake_device(lock_the_store))
                 ).run(RunOptions(trials=TRIALS))
