@@ -52,6 +52,12 @@ class BudgetClock:
         self.budget = budget
         self.started = time.monotonic()
         self.finished_at_start = finished_at_start
+        self._rate_from = self.started
+
+    def agents_ready(self, finished: int) -> None:
+        """Measure the rate of trials from now (start-up time is not a trial's)."""
+        self._rate_from = time.monotonic()
+        self.finished_at_start = finished
 
     @property
     def elapsed_s(self) -> float:
@@ -71,7 +77,7 @@ class BudgetClock:
         if done_here <= 0:
             return None
         remaining = max(0, self.budget.trials - finished)
-        eta = remaining * self.elapsed_s / done_here
+        eta = remaining * (time.monotonic() - self._rate_from) / done_here
         if self.budget.timeout_s is not None:
             eta = min(eta, max(0.0, self.budget.timeout_s - self.elapsed_s))
         return eta

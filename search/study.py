@@ -349,6 +349,7 @@ class StudyRunner:
             with sigint_ignored():  # Ctrl-C must reach the driver only (search.interrupts)
                 dispatcher = self.dispatcher_factory(self.config, self.workspace)
             lock.remember_children()
+            self._clock.agents_ready(self._finished())
             try:
                 with self._stop:
                     eval_payload = EvalSetPayload.from_eval_set(prepared.data.test_set())

@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.e2e]
-BUDGET = 6
+BUDGET = 5
 STUDY = "overnight"
 
 
