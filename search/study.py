@@ -15,35 +15,29 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
 
 from device_agents import EvalSetPayload, MeasurementProtocol, MeasureRequest
 from device_agents.bundle import BundlePayload
-from search.budget import INTERRUPTED_BY_USER, TRIALS_DONE, Budget, BudgetClock
+from search.budget import INTERRUPTED_BY_USER, TRIALS_DONE, Budget
 from search.config import StudyConfig
 from search.dispatch import Completed, Dispatcher
 from search.errors import SearchError
 from search.front_table import describe_candidate
 from search.interrupts import GracefulStop, sigint_ignored
 from search.objectives import constraint_values, objective_values, trial_metrics
-from search.pareto import HypervolumeHistory, ParetoFront
+from search.pareto import ParetoFront
 from search.preparation import Prepared, prepare
-from search.progress import ProgressDisplay, ProgressState, best_feasible
 from search.records import INTERRUPTED, OBJECTIVES, TrialRecord, record_from_trial
 from search.study_lock import StudyLock
+from search.study_monitor import StudyMonitor, Tracker
 from search.workspace import Workspace, open_storage
 from spaces import BuildError, BuiltBundle, Candidate
 
 log = logging.getLogger(__name__)
 __all__ = ["INTERRUPTED", "RunOptions", "StudyRunner", "StudySummary", "Tracker"]
-
-
-class Tracker(Protocol):
-    """Where a study is mirrored while it runs (MLflow, or nothing)."""
-
-    def sync(self, snapshot: Any, *, final: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -131,13 +125,11 @@ class StudyRunner:
         self.workspace = workspace
         self.dispatcher_factory = dispatcher_factory or default_dispatcher
         self.console = console or Console()
-        self.display = ProgressDisplay(self.console, live=live)
-        self._tracker = tracker
+        self.monitor = StudyMonitor(config, workspace, self.console, tracker=tracker, live=live)
         self._baseline_accuracy: float | None = None
         self._pending: dict[int, _Pending] = {}
         self._ready: list[_Pending] = []
         self._stop = GracefulStop()
-        self.history = HypervolumeHistory(config.constraints.max_accuracy_drop)
 
     # -- set-up -------------------------------------------------------------------------------
     def _open_study(self, trials: int) -> Any:
@@ -168,25 +160,7 @@ class StudyRunner:
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             self._requeue(trial)
-            self.display.print(f"[yellow]trial {trial.number} was interrupted; re-queued")
-
-    def _tracker_for_run(self) -> Tracker:
-        if self._tracker is not None:
-            return self._tracker
-        from search.tracking import NullTracker
-
-        t = self.config.tracking
-        if not t.mlflow:
-            return NullTracker()
-        from search.mlflow_sync import LiveTracking, MlflowMirror
-
-        mirror = MlflowMirror(self.workspace.workdir, self.config.study, t.experiment,
-                              bundles=t.bundles, plots=t.plots)
-        return LiveTracking(mirror, retry_after_s=t.retry_after_s, warn=self._warn)
-
-    def _warn(self, message: str) -> None:
-        log.warning("%s", message)
-        self.display.print(f"[yellow]{message}", markup=True, highlight=False)
+            self.monitor.print(f"[yellow]trial {trial.number} was interrupted; re-queued")
 
     # -- trials -------------------------------------------------------------------------------
     def _ask(self, prepared: Prepared) -> _Pending:
@@ -229,8 +203,8 @@ class StudyRunner:
         pending.trial.set_user_attr("fail_reason", reason)
         self._study.tell(pending.trial, state=TrialState.FAIL)
         record = self._told(pending)
-        self.history.add(record)
-        self.display.print(f"[red]trial {record.number:>3} FAILED[/red] "
+        self.monitor.trial_finished(record)
+        self.monitor.print(f"[red]trial {record.number:>3} FAILED[/red] "
                            f"{pending.candidate.describe()}: {reason}")
         self._refresh()
 
@@ -241,7 +215,7 @@ class StudyRunner:
         pending.trial.set_user_attr("fail_reason", INTERRUPTED)
         self._study.tell(pending.trial, state=TrialState.FAIL)
         self._requeue(pending.trial)
-        self.display.print(f"[yellow]trial {pending.trial.number:>3} interrupted "
+        self.monitor.print(f"[yellow]trial {pending.trial.number:>3} interrupted "
                            f"{pending.candidate.describe()}; it runs again on resume")
 
     def _finish(self, pending: _Pending, done: Completed) -> None:
@@ -272,43 +246,24 @@ class StudyRunner:
         pending.trial.set_user_attr("fingerprint", dict(measurement.fingerprint))
         self._study.tell(pending.trial, objective_values(metrics))
         record = self._told(pending)
-        self.history.add(record)
+        front = self.monitor.trial_finished(record)
         flag = "[green]feasible[/green]" if record.feasible else "[yellow]outside band[/yellow]"
-        front = record.number in self.history.front.numbers
-        self.display.print(
+        self.monitor.print(
             f"trial {record.number:>3} {describe_candidate(dict(record.candidate)):<44} "
             f"acc {metrics['accuracy']:.4f}  p95 {metrics['latency_p95_ms']:.4f} ms  "
             f"size {metrics['size_kb']:7.1f} KB  {flag}" + (" [bold]front[/bold]" if front else ""))
         self._refresh()
 
-    def _refresh(self) -> None:
+    def _refresh(self, note: str = "") -> None:
         """After a trial: redraw the progress, and mirror the study into MLflow."""
-        self._show()
-        self._sync()
+        self._show(note)
+        self.monitor.sync(self.records())
 
     def _show(self, note: str = "") -> None:
-        records = self.records()
-        finished = sum(r.finished for r in records)
         if self._stop.requested and not note:
             note = (f"stopping: waiting for {len(self._pending)} trial(s) in flight; Ctrl-C "
                     f"again to abort them" if self._pending else "stopping")
-        self.display.update(ProgressState(
-            study=self.config.study, budget=self._clock.budget.trials, finished=finished,
-            failed=sum(r.state == "FAIL" and not r.interrupted for r in records),
-            running=len(self._pending) + len(self._ready), best=best_feasible(records),
-            front_size=len(self.history.front.members), hypervolume=self.history.hypervolume,
-            eta_s=self._clock.eta_s(finished), note=note))
-
-    def _sync(self, *, final: bool = False) -> None:
-        from search.mlflow_sync import StudySnapshot
-
-        snapshot = StudySnapshot.of(self.config.study, self.records(), self.history,
-                                    self.config.model_dump(mode="json", by_alias=True),
-                                    self.workspace.workdir, running=not final)
-        try:
-            self._tracker_run.sync(snapshot, final=final)
-        except Exception as exc:  # tracking must never stop a study
-            self._warn(f"MLflow: could not log: {type(exc).__name__}: {exc}")
+        self.monitor.show(self.records(), len(self._pending) + len(self._ready), note)
 
     def records(self) -> list[TrialRecord]:
         return [record_from_trial(t) for t in self._study.get_trials(deepcopy=False)]
@@ -322,7 +277,7 @@ class StudyRunner:
         self.workspace.create()
         lock = StudyLock(self.workspace)
         for note in lock.acquire():
-            self.display.print(f"[yellow]{note}")
+            self.monitor.print(f"[yellow]{note}")
         try:
             return self._run_locked(options, lock)
         finally:
@@ -337,19 +292,17 @@ class StudyRunner:
         self._study.set_user_attr("config", self.config.model_dump(mode="json", by_alias=True))
         self._study.set_user_attr("max_accuracy_drop", self.config.constraints.max_accuracy_drop)
         self._recover_interrupted()
-        records = self.records()
-        self.history = HypervolumeHistory.replay(records, self.config.constraints.max_accuracy_drop)
-        self._clock = BudgetClock(Budget(options.trials, options.timeout_s, options.patience),
-                                  sum(r.finished for r in records))
-        self._tracker_run = self._tracker_for_run()
+        self.monitor.begin(self.records(),
+                           Budget(options.trials, options.timeout_s, options.patience))
         stop_reason = TRIALS_DONE
-        with self.display:
-            self._show("starting the agents")
-            self._sync()  # catch up with what a killed or offline run could not log
+        with self.monitor.display:
+            # catch up with what a killed or offline run could not log
+            self._refresh("starting the agents")
             with sigint_ignored():  # Ctrl-C must reach the driver only (search.interrupts)
                 dispatcher = self.dispatcher_factory(self.config, self.workspace)
             lock.remember_children()
-            self._clock.agents_ready(self._finished())
+            self.monitor.clock.agents_ready(self._finished())
+            self._show()
             try:
                 with self._stop:
                     eval_payload = EvalSetPayload.from_eval_set(prepared.data.test_set())
@@ -366,12 +319,12 @@ class StudyRunner:
             finally:
                 dispatcher.close()
             self._show(f"stopped: {stop_reason}")
-        self._sync(final=True)
+        self.monitor.sync(self.records(), final=True)
         records = self.records()
         return StudySummary(self.config.study, records,
                             ParetoFront.from_records(records,
                                                      self.config.constraints.max_accuracy_drop),
-                            stop_reason, self.history.hypervolume)
+                            stop_reason, self.monitor.history.hypervolume)
 
     def _run_baseline(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
                       eval_ref: Any) -> None:
@@ -425,9 +378,8 @@ class StudyRunner:
             if self._stop.requested:
                 stop_reason = INTERRUPTED_BY_USER
             if stop_reason is None:
-                stop_reason = self._clock.stop_reason(
-                    finished=self._finished(), in_flight=len(self._pending) + len(self._ready),
-                    history=self.history)
+                stop_reason = self.monitor.stop_reason(
+                    self._finished(), in_flight=len(self._pending) + len(self._ready))
             if stop_reason is None and not self._ready:  # build while the agents measure
                 pending = self._ask(prepared)
                 if self._build(pending, prepared):
