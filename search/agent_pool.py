@@ -53,7 +53,9 @@ def start_ray(address: str | None, *, num_cpus: int | None = None,
     if address:
         ray.init(address=address, namespace=AGENT_NAMESPACE, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), resources=resources or {},
+        # "local": always a new cluster; a plain ray.init() would join the cluster named in
+        # /tmp/ray/ray_current_cluster, which may be someone else's or dead (then it hangs).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), resources=resources or {},
                  include_dashboard=False, namespace=AGENT_NAMESPACE, log_to_driver=False,
                  object_store_memory=256 * 1024 * 1024, logging_level=logging.WARNING)
 

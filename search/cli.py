@@ -30,6 +30,11 @@ class Format(str, Enum):
     csv = "csv"
 
 
+class Source(str, Enum):
+    optuna = "optuna"
+    mlflow = "mlflow"
+
+
 def _fail(code: int, message: str) -> NoReturn:
     errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -102,11 +107,19 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
             help="Total trials of the study (the fp32 baseline included); a re-run resumes "
                  "up to this number. Default: search.trials of the config.", min=1)] = None,
         timeout: Annotated[str | None, typer.Option(
-            help="Stop asking for new trials after this long (90s, 30m, 8h).")] = None,
+            help="Stop asking for new trials after this long (90s, 30m, 8h). Default: "
+                 "search.timeout of the config.")] = None,
+        patience: Annotated[int | None, typer.Option(
+            help="Stop when the hypervolume has not improved for this many trials. Default: "
+                 "search.patience of the config.", min=1)] = None,
         workdir: WorkdirOption = Path("runs"),
         seed: Annotated[int | None, typer.Option(help="Sampler seed (overrides the "
                                                       "config).")] = None) -> None:
-    """Run (or resume) a study and print its feasible Pareto front."""
+    """Run (or resume) a study and print its feasible Pareto front.
+
+    Ctrl-C stops it gracefully (the trials in flight finish, the front is printed); a second
+    Ctrl-C aborts them (they run again when the study is resumed).
+    """
     from search.config import load_config
     from search.durations import parse_duration
     from search.front_table import front_table
@@ -114,15 +127,22 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
     from search.workspace import Workspace
 
     cfg = load_config(config)
+    timeout = timeout or cfg.search.timeout
     timeout_s = parse_duration(timeout) if timeout else None
     if seed is not None:
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"seed": seed})})
     budget = trials or cfg.search.trials
+    patience = patience or cfg.search.patience
     workspace = Workspace(workdir.resolve(), cfg.study)
-    console.print(f"study [bold]{cfg.study}[/bold]: {budget} trials, device class "
+    limits = "".join([f", timeout {timeout}" if timeout else "",
+                      f", patience {patience} trials" if patience else ""])
+    console.print(f"study [bold]{cfg.study}[/bold]: {budget} trials{limits}, device class "
                   f"{cfg.device.class_!r}, workdir {workspace.workdir}")
-    summary = StudyRunner(cfg, workspace, console=console).run(
-        RunOptions(trials=budget, timeout_s=timeout_s))
+    try:
+        summary = StudyRunner(cfg, workspace, console=console).run(
+            RunOptions(trials=budget, timeout_s=timeout_s, patience=patience))
+    except KeyboardInterrupt:
+        _fail(130, "interrupted before the first trial; nothing was lost")
     console.print(front_table(list(summary.front.members), summary.front.baseline,
                               f"Feasible Pareto front of {cfg.study} ({len(summary.front.members)}"
                               f" of {summary.completed} completed trials; {summary.failed} "
@@ -130,8 +150,39 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
     console.print(f"hypervolume {summary.front.hypervolume():.4f}; stopped: "
                   f"{summary.stop_reason}. Query it: paretoedge best {cfg.study} --workdir "
                   f"{workdir} --where 'latency_p95_ms < X' --maximize accuracy")
-    if summary.stop_reason == "interrupted":
+    if summary.interrupted:
+        console.print(f"resume it: paretoedge run {config} --workdir {workdir}"
+                      + (f" --trials {budget}" if trials else ""))
         raise typer.Exit(130)
+
+
+@app.command()
+@_guard
+def sync(study: Annotated[str, typer.Argument(help="Study name.")],
+         workdir: WorkdirOption = Path("runs")) -> None:
+    """Replay into MLflow whatever it lacks of a study (after MLflow was down or locked)."""
+    from search.mlflow_sync import sync_study
+
+    report = sync_study(workdir, study)
+    console.print(f"{study}: {report.describe()}", markup=False, highlight=False)
+
+
+@app.command()
+@_guard
+def ui(workdir: WorkdirOption = Path("runs"),
+       port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).", min=0,
+                                         max=65535)] = 5000) -> None:
+    """Start the MLflow UI for the workdir's studies on 127.0.0.1 (Ctrl-C stops it)."""
+    from search.ui_command import serve_until_stopped, start_ui
+
+    server = start_ui(workdir, port=port)
+    console.print(f"MLflow UI: {server.url}  (store {workdir.resolve() / 'mlflow.db'}; "
+                  f"Ctrl-C stops it)", markup=False, highlight=False)
+    for journal in sorted(workdir.resolve().glob("*/journal.log")):
+        console.print(f"Optuna dashboard of {journal.parent.name}: optuna-dashboard {journal}",
+                      markup=False, highlight=False)
+    sys.stdout.flush()
+    serve_until_stopped(server)
 
 
 @app.command()
@@ -166,26 +217,22 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
                                                     help="Only this device class.")] = None,
          export: Annotated[Path | None, typer.Option(help="Copy the bundle here.")] = None,
          workdir: WorkdirOption = Path("runs"),
-         format: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+         format: Annotated[Format, typer.Option("--format")] = Format.table,
+         source: Annotated[Source, typer.Option(
+             "--source", help="Read the trials from the Optuna journal or from MLflow (the "
+                              "same answer).")] = Source.optuna) -> None:
     """The best feasible trial under a constraint, and its bundle.
 
     Ties on the objective go to lower p95 latency, then smaller size, then higher accuracy,
     then the earlier trial. Exit 1 when nothing qualifies.
     """
-    from search.bundle_export import export_bundle
     from search.front_table import front_table
-    from search.query import best as best_query
-    from search.query import parse_where
-    from search.workspace import Workspace, load_records
+    from search.lookup import best as best_in_study
 
-    parse_where(where)  # bad input is reported before the study is read
-    workspace = Workspace(workdir.resolve(), study)
-    records, _ = load_records(workspace)
-    baseline = next((r for r in records if r.baseline and r.complete), None)
-    chosen = best_query(records, where=where, maximize=maximize, minimize=minimize,
-                        device_class=device)
-    bundle = chosen.bundle_path(workspace.workdir)
-    exported = export_bundle(chosen, bundle, export, study) if export and bundle else None
+    answer = best_in_study(study, workdir=workdir, where=where, maximize=maximize,
+                           minimize=minimize, device_class=device, source=source.value)
+    chosen, bundle, baseline = answer.record, answer.bundle_path, answer.baseline
+    exported = answer.export(export) if export and bundle else None
     if format is Format.json:
         payload = chosen.to_dict()
         payload["bundle_path"] = str(bundle) if bundle else None

@@ -11,6 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search.durations import parse_duration
 from search.errors import ConfigError
 
 
@@ -123,14 +124,37 @@ class MeasurementConfig(_Strict):
 
 
 class SearchConfig(_Strict):
+    """The sampler and the budgets: trials, wall-clock time, and patience."""
+
     sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     seed: int = 0
     trials: int = Field(20, ge=1)
+    timeout: str | None = Field(None, description="stop asking for trials after this long "
+                                                  "(90s, 30m, 8h); --timeout overrides it")
+    patience: int | None = Field(None, ge=1, description="stop when the hypervolume has not "
+                                                         "improved for this many trials")
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_duration(value, "timeout")
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("timeout: ")) from None
+        return value
 
 
 class TrackingConfig(_Strict):
+    """MLflow logging into ``<workdir>/mlflow.db``."""
+
     mlflow: bool = True
     experiment: str | None = None
+    bundles: Literal["front", "all", "none"] = Field(
+        "front", description="bundles logged as artifacts of their trial's run")
+    plots: bool = Field(True, description="pareto.html (plotly) and pareto.png on the study run")
+    retry_after_s: float = Field(30.0, gt=0, description="after a failure (MLflow down or "
+                                                          "locked), skip it this long, then retry")
 
 
 class StudyConfig(_Strict):

@@ -79,3 +79,80 @@ class ParetoFront:
         if not inside.any():
             return 0.0
         return float(compute_hypervolume(points[inside], reference))
+
+
+@dataclass(frozen=True)
+class HypervolumePoint:
+    """The front after ``step`` finished trials (the last of which was ``trial``)."""
+
+    step: int
+    trial: int
+    hypervolume: float
+    front_size: int
+
+
+class HypervolumeHistory:
+    """The hypervolume after each finished trial, in the order trials finished.
+
+    Incremental: adding a trial costs one dominance check against the current front. Replaying
+    a stored study (:meth:`replay`) gives the same history the live study saw, which is what
+    the patience budget and ``paretoedge sync`` rely on.
+
+    Example:
+        >>> history = HypervolumeHistory.replay(records, max_accuracy_drop=0.01)  # doctest: +SKIP
+        >>> history.trials_since_improvement()  # doctest: +SKIP
+        3
+    """
+
+    def __init__(self, max_accuracy_drop: float = 0.01) -> None:
+        self.max_accuracy_drop = max_accuracy_drop
+        self.points: list[HypervolumePoint] = []
+        self._front: list[TrialRecord] = []
+        self._baseline: TrialRecord | None = None
+
+    @classmethod
+    def replay(cls, records: Sequence[TrialRecord],
+               max_accuracy_drop: float = 0.01) -> HypervolumeHistory:
+        from search.records import finish_order
+
+        history = cls(max_accuracy_drop)
+        for record in finish_order(records):
+            history.add(record)
+        return history
+
+    @property
+    def front(self) -> ParetoFront:
+        members = sorted(self._front, key=lambda r: r.metrics["latency_p95_ms"])
+        return ParetoFront(tuple(members), self._baseline, self.max_accuracy_drop)
+
+    @property
+    def hypervolume(self) -> float:
+        return self.points[-1].hypervolume if self.points else 0.0
+
+    def add(self, record: TrialRecord) -> HypervolumePoint:
+        """Account for one finished trial (complete or failed) and return the new point."""
+        if record.baseline and record.complete and self._baseline is None:
+            self._baseline = record
+        if record.complete and record.feasible:
+            self._front = non_dominated([*self._front, record])
+        front = self.front
+        point = HypervolumePoint(len(self.points) + 1, record.number, front.hypervolume(),
+                                 len(front.members))
+        self.points.append(point)
+        return point
+
+    def trials_since_improvement(self, tolerance: float = 1e-12) -> int:
+        """Finished trials since the hypervolume last grew (all of them if it never did).
+
+        The fp32 baseline does not count: it defines the reference point.
+        """
+        baseline = self._baseline.number if self._baseline is not None else None
+        best, since = 0.0, 0
+        for point in self.points:
+            if point.trial == baseline:
+                continue
+            if point.hypervolume > best + tolerance:
+                best, since = point.hypervolume, 0
+            else:
+                since += 1
+        return since

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: ``fail_reason`` of a trial the driver did not finish (Ctrl-C, SIGKILL): it runs again.
+INTERRUPTED = "interrupted"
 
 #: Objectives of every study: (metric, direction).
 OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"),
@@ -43,10 +46,22 @@ class TrialRecord:
     agent_id: str | None = None
     device_class: str | None = None
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    finished_at: float | None = None
 
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE"
+
+    @property
+    def interrupted(self) -> bool:
+        """Failed because the driver stopped: re-run on resume, not counted in the budget."""
+        return self.state == "FAIL" and self.fail_reason == INTERRUPTED
+
+    @property
+    def finished(self) -> bool:
+        """Completed or failed for a reason of its own: counts against the trial budget."""
+        return self.complete or (self.state == "FAIL" and not self.interrupted)
 
     def objective_values(self) -> tuple[float, ...]:
         return tuple(float(self.metrics[name]) for name, _ in OBJECTIVES)
@@ -80,4 +95,14 @@ def record_from_trial(trial: Any) -> TrialRecord:
         agent_id=attrs.get("agent_id"),
         device_class=attrs.get("device_class"),
         fingerprint=attrs.get("fingerprint", {}),
+        params=dict(trial.params),
+        finished_at=(trial.datetime_complete.timestamp()
+                     if trial.datetime_complete is not None else None),
     )
+
+
+def finish_order(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The finished trials (see :attr:`TrialRecord.finished`) in the order they finished."""
+    done = [r for r in records if r.finished]
+    return sorted(done, key=lambda r: (r.finished_at if r.finished_at is not None
+                                       else float("inf"), r.number))

@@ -2,11 +2,14 @@
 
 Building trial k+1 overlaps measuring trial k. The fp32 baseline is trial 0 and is measured
 before anything else, since the accuracy band is defined by it. A candidate that fails to build
-or measure becomes a FAILED trial with its reason; the study goes on.
+or measure becomes a FAILED trial with its reason; the study goes on. The study stops asking
+for trials at the first budget reached (:mod:`search.budget`) or at Ctrl-C
+(:mod:`search.interrupts`); a resumed study re-runs what was in flight and finishes the budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -18,26 +21,32 @@ from rich.console import Console
 
 from device_agents import EvalSetPayload, MeasurementProtocol, MeasureRequest
 from device_agents.bundle import BundlePayload
+from search.budget import INTERRUPTED_BY_USER, TRIALS_DONE, Budget
 from search.config import StudyConfig
 from search.dispatch import Completed, Dispatcher
 from search.errors import SearchError
-from search.front_table import describe_candidate, records_csv
+from search.front_table import describe_candidate
+from search.interrupts import GracefulStop, sigint_ignored
 from search.objectives import constraint_values, objective_values, trial_metrics
 from search.pareto import ParetoFront
 from search.preparation import Prepared, prepare
-from search.records import OBJECTIVES, TrialRecord, record_from_trial
-from search.tracking import MlflowTracker, NullTracker, Tracker
+from search.records import INTERRUPTED, OBJECTIVES, TrialRecord, record_from_trial
+from search.study_lock import StudyLock
+from search.study_monitor import StudyMonitor, Tracker
 from search.workspace import Workspace, open_storage
 from spaces import BuildError, BuiltBundle, Candidate
 
 log = logging.getLogger(__name__)
-INTERRUPTED = "interrupted"
+__all__ = ["INTERRUPTED", "RunOptions", "StudyRunner", "StudySummary", "Tracker"]
 
 
 @dataclass(frozen=True)
 class RunOptions:
+    """The budgets of one run: ``trials`` is the study's total, the baseline included."""
+
     trials: int
     timeout_s: float | None = None
+    patience: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class StudySummary:
     records: list[TrialRecord]
     front: ParetoFront
     stop_reason: str
+    hypervolume: float = 0.0
 
     @property
     def completed(self) -> int:
@@ -53,7 +63,11 @@ class StudySummary:
 
     @property
     def failed(self) -> int:
-        return sum(r.state == "FAIL" and r.fail_reason != INTERRUPTED for r in self.records)
+        return sum(r.state == "FAIL" and not r.interrupted for r in self.records)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_reason == INTERRUPTED_BY_USER
 
 
 @dataclass
@@ -100,19 +114,22 @@ class StudyRunner:
     Example:
         >>> runner = StudyRunner(load_config("experiments/digits.yaml"),
         ...                      Workspace(Path("runs"), "digits"))  # doctest: +SKIP
-        >>> summary = runner.run(RunOptions(trials=20))  # doctest: +SKIP
+        >>> summary = runner.run(RunOptions(trials=20, timeout_s=8 * 3600))  # doctest: +SKIP
     """
 
     def __init__(self, config: StudyConfig, workspace: Workspace, *,
                  dispatcher_factory: Callable[[StudyConfig, Workspace], Dispatcher] | None = None,
-                 tracker: Tracker | None = None, console: Console | None = None) -> None:
+                 tracker: Tracker | None = None, console: Console | None = None,
+                 live: bool | None = None) -> None:
         self.config = config
         self.workspace = workspace
         self.dispatcher_factory = dispatcher_factory or default_dispatcher
         self.console = console or Console()
-        self._tracker = tracker
+        self.monitor = StudyMonitor(config, workspace, self.console, tracker=tracker, live=live)
         self._baseline_accuracy: float | None = None
-        self._front_numbers: set[int] = set()
+        self._pending: dict[int, _Pending] = {}
+        self._ready: list[_Pending] = []
+        self._stop = GracefulStop()
 
     # -- set-up -------------------------------------------------------------------------------
     def _open_study(self, trials: int) -> Any:
@@ -129,28 +146,25 @@ class StudyRunner:
             study.set_metric_names([name for name, _ in OBJECTIVES])
         return study
 
-    def _recover_interrupted(self, study: Any) -> None:
+    def _requeue(self, trial: Any) -> None:
+        """Run ``trial``'s candidate again later (it was interrupted, not judged)."""
+        self._study.enqueue_trial(trial.params, user_attrs={
+            k: v for k, v in trial.user_attrs.items() if k == "baseline"})
+
+    def _recover_interrupted(self) -> None:
         """Trials left RUNNING by a killed driver: mark them FAIL and enqueue them again."""
         from optuna.trial import TrialState
 
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={
-                k: v for k, v in trial.user_attrs.items() if k == "baseline"})
-            self.console.print(f"[yellow]trial {trial.number} was interrupted; re-queued")
-
-    def _tracker_for_run(self) -> Tracker:
-        if self._tracker is not None:
-            return self._tracker
-        if not self.config.tracking.mlflow:
-            return NullTracker()
-        return MlflowTracker(self.workspace.workdir, self.config.study,
-                             self.config.tracking.experiment)
+        storage = self._study._storage
+        for trial in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            self._requeue(trial)
+            self.monitor.print(f"[yellow]trial {trial.number} was interrupted; re-queued")
 
     # -- trials -------------------------------------------------------------------------------
-    def _ask(self, study: Any, prepared: Prepared) -> _Pending:
-        trial = study.ask()
+    def _ask(self, prepared: Prepared) -> _Pending:
+        trial = self._study.ask()
         candidate = prepared.space.suggest(trial)
         trial.set_user_attr("candidate", candidate.to_dict())
         trial.set_user_attr("device_class", self.config.device.class_)
@@ -180,24 +194,40 @@ class StudyRunner:
                               eval_set_digest=eval_digest, eval_set=eval_ref,
                               protocol=protocol, trial_number=pending.trial.number)
 
+    def _told(self, pending: _Pending) -> TrialRecord:
+        return record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
+
     def _fail(self, pending: _Pending, reason: str) -> None:
         from optuna.trial import TrialState
 
         pending.trial.set_user_attr("fail_reason", reason)
         self._study.tell(pending.trial, state=TrialState.FAIL)
-        record = record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
-        self._log_trial(record, pending)
-        self.console.print(f"[red]trial {record.number:>3} FAILED[/red] "
+        record = self._told(pending)
+        self.monitor.trial_finished(record)
+        self.monitor.print(f"[red]trial {record.number:>3} FAILED[/red] "
                            f"{pending.candidate.describe()}: {reason}")
+        self._refresh()
+
+    def _interrupt(self, pending: _Pending) -> None:
+        """Record a trial the driver will not finish, and queue its candidate again."""
+        from optuna.trial import TrialState
+
+        pending.trial.set_user_attr("fail_reason", INTERRUPTED)
+        self._study.tell(pending.trial, state=TrialState.FAIL)
+        self._requeue(pending.trial)
+        self.monitor.print(f"[yellow]trial {pending.trial.number:>3} interrupted "
+                           f"{pending.candidate.describe()}; it runs again on resume")
 
     def _finish(self, pending: _Pending, done: Completed) -> None:
         if done.measurement is None:
-            self._fail(pending, f"measurement failed: {done.error}")
+            if self._stop.requested:  # the agents may have been stopped with the driver
+                self._interrupt(pending)
+            else:
+                self._fail(pending, f"measurement failed: {done.error}")
             return
         assert pending.built is not None
         measurement = done.measurement
-        is_baseline = bool(pending.trial.user_attrs.get("baseline"))
-        if is_baseline:
+        if pending.trial.user_attrs.get("baseline"):
             self._baseline_accuracy = measurement.accuracy
             self._study.set_user_attr("baseline_accuracy", measurement.accuracy)
             self._study.set_user_attr("baseline_trial", pending.trial.number)
@@ -215,45 +245,45 @@ class StudyRunner:
         pending.trial.set_user_attr("agent_id", done.agent_id or measurement.agent_id)
         pending.trial.set_user_attr("fingerprint", dict(measurement.fingerprint))
         self._study.tell(pending.trial, objective_values(metrics))
-        record = record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
-        self._log_trial(record, pending)
-        self._update_front()
+        record = self._told(pending)
+        front = self.monitor.trial_finished(record)
         flag = "[green]feasible[/green]" if record.feasible else "[yellow]outside band[/yellow]"
-        self.console.print(
+        self.monitor.print(
             f"trial {record.number:>3} {describe_candidate(dict(record.candidate)):<44} "
             f"acc {metrics['accuracy']:.4f}  p95 {metrics['latency_p95_ms']:.4f} ms  "
-            f"size {metrics['size_kb']:7.1f} KB  {flag}"
-            + (" [bold]front[/bold]" if record.number in self._front_numbers else ""))
+            f"size {metrics['size_kb']:7.1f} KB  {flag}" + (" [bold]front[/bold]" if front else ""))
+        self._refresh()
 
-    def _log_trial(self, record: TrialRecord, pending: _Pending) -> None:
-        params = {**pending.trial.params, "candidate": pending.candidate.to_dict()}
-        self._safely("log trial", self._tracker_run.log_trial, record, params)
+    def _refresh(self, note: str = "") -> None:
+        """After a trial: redraw the progress, and mirror the study into MLflow."""
+        self._show(note)
+        self.monitor.sync(self.records())
 
-    def _update_front(self) -> None:
-        records = self.records()
-        front = ParetoFront.from_records(records, self.config.constraints.max_accuracy_drop)
-        self._front_numbers = front.numbers
-        summary = {"front_size": float(len(front.members)), "hypervolume": front.hypervolume(),
-                   "trials_complete": float(sum(r.complete for r in records))}
-        self._safely("update front", self._tracker_run.update_front, front.numbers, summary,
-                     records_csv(list(front.members)))
-
-    def _safely(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Tracking must never stop a study: a failure is reported and the study goes on."""
-        try:
-            fn(*args)
-        except Exception as exc:
-            log.warning("MLflow: could not %s: %s", what, exc)
-            self.console.print(f"[yellow]MLflow: could not {what}: {exc}")
+    def _show(self, note: str = "") -> None:
+        if self._stop.requested and not note:
+            note = (f"stopping: waiting for {len(self._pending)} trial(s) in flight; Ctrl-C "
+                    f"again to abort them" if self._pending else "stopping")
+        self.monitor.show(self.records(), len(self._pending) + len(self._ready), note)
 
     def records(self) -> list[TrialRecord]:
         return [record_from_trial(t) for t in self._study.get_trials(deepcopy=False)]
 
+    def _finished(self) -> int:
+        """Trials that count against the budget (interrupted ones are run again)."""
+        return sum(r.finished for r in self.records())
+
     # -- the loop -----------------------------------------------------------------------------
     def run(self, options: RunOptions) -> StudySummary:
-        from optuna.trial import TrialState
-
         self.workspace.create()
+        lock = StudyLock(self.workspace)
+        for note in lock.acquire():
+            self.monitor.print(f"[yellow]{note}")
+        try:
+            return self._run_locked(options, lock)
+        finally:
+            lock.release()
+
+    def _run_locked(self, options: RunOptions, lock: StudyLock) -> StudySummary:
         import torch
 
         torch.set_num_threads(1)
@@ -261,54 +291,54 @@ class StudyRunner:
         self._study = self._open_study(options.trials)
         self._study.set_user_attr("config", self.config.model_dump(mode="json", by_alias=True))
         self._study.set_user_attr("max_accuracy_drop", self.config.constraints.max_accuracy_drop)
-        self._recover_interrupted(self._study)
-        self._tracker_run = self._tracker_for_run()
-        self._safely("start the study run", self._tracker_run.start_study,
-                     self.config.model_dump(mode="json", by_alias=True),
-                     {"device_class": self.config.device.class_})
-        dispatcher = self.dispatcher_factory(self.config, self.workspace)
-        deadline = time.monotonic() + options.timeout_s if options.timeout_s else None
-        stop_reason = "trial budget reached"
-        try:
-            eval_payload = EvalSetPayload.from_eval_set(prepared.data.test_set())
-            eval_ref = dispatcher.share(eval_payload)
-            self._run_baseline(prepared, dispatcher, eval_payload.digest, eval_ref)
-            stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref,
-                                     options.trials, deadline)
-        except KeyboardInterrupt:
-            stop_reason = INTERRUPTED
-            for pending in list(self._pending.values()):
-                pending.trial.set_user_attr("fail_reason", INTERRUPTED)
-                self._study.tell(pending.trial, state=TrialState.FAIL)
-        finally:
-            dispatcher.close()
-            self._safely("close the study run", self._tracker_run.close)
+        self._recover_interrupted()
+        self.monitor.begin(self.records(),
+                           Budget(options.trials, options.timeout_s, options.patience))
+        stop_reason = TRIALS_DONE
+        with self.monitor.display:
+            # catch up with what a killed or offline run could not log
+            self._refresh("starting the agents")
+            with sigint_ignored():  # Ctrl-C must reach the driver only (search.interrupts)
+                dispatcher = self.dispatcher_factory(self.config, self.workspace)
+            lock.remember_children()
+            self.monitor.clock.agents_ready(self._finished())
+            self._show()
+            try:
+                with self._stop:
+                    eval_payload = EvalSetPayload.from_eval_set(prepared.data.test_set())
+                    eval_ref = dispatcher.share(eval_payload)
+                    self._run_baseline(prepared, dispatcher, eval_payload.digest, eval_ref)
+                    stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref)
+            except (KeyboardInterrupt, SystemExit):
+                stop_reason = INTERRUPTED_BY_USER
+                with contextlib.suppress(Exception):  # keep what finished just before
+                    self._collect(dispatcher, timeout=0.0)
+                for pending in [*self._pending.values(), *self._ready]:
+                    self._interrupt(pending)
+                self._pending, self._ready = {}, []
+            finally:
+                dispatcher.close()
+            self._show(f"stopped: {stop_reason}")
+        self.monitor.sync(self.records(), final=True)
         records = self.records()
         return StudySummary(self.config.study, records,
                             ParetoFront.from_records(records,
                                                      self.config.constraints.max_accuracy_drop),
-                            stop_reason)
-
-    def _counted(self) -> int:
-        """Finished trials that count against the budget (interrupted ones are re-run)."""
-        return sum(1 for r in self.records()
-                   if r.complete or (r.state == "FAIL" and r.fail_reason != INTERRUPTED))
+                            stop_reason, self.monitor.history.hypervolume)
 
     def _run_baseline(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
                       eval_ref: Any) -> None:
         from optuna.trial import TrialState
 
-        self._pending: dict[int, _Pending] = {}
         done = [r for r in self.records() if r.baseline and r.complete]
         if done:
             self._baseline_accuracy = done[0].metrics["accuracy"]
-            self._update_front()
             return
         waiting = self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not any(t.user_attrs.get("baseline") for t in waiting):
             self._study.enqueue_trial(prepared.space.baseline_params(),
                                       user_attrs={"baseline": True})
-        pending = self._ask(self._study, prepared)
+        pending = self._ask(prepared)
         if not pending.trial.user_attrs.get("baseline"):
             raise SearchError("the fp32 baseline was not the next trial; is another driver "
                               "running this study?")
@@ -319,36 +349,47 @@ class StudyRunner:
         while pending.trial.number in self._pending:
             for completed in dispatcher.poll(timeout=1.0):
                 self._finish(self._pending.pop(completed.key), completed)
+        if self._stop.requested and self._baseline_accuracy is None:
+            raise KeyboardInterrupt
         if self._baseline_accuracy is None:
             raise SearchError("the fp32 baseline could not be measured (see the trial above)")
 
-    def _loop(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str, eval_ref: Any,
-              trials: int, deadline: float | None) -> str:
-        ready: list[_Pending] = []
-        asked = self._counted()
-        stop_reason = "trial budget reached"
+    def _loop(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
+              eval_ref: Any) -> str:
+        stop_reason: str | None = None
         while True:
-            while ready and dispatcher.free_slots() > 0:
-                pending = ready.pop(0)
+            if self._stop.requested:
+                stop_reason = INTERRUPTED_BY_USER
+                if self._stop.announce():
+                    self._show()
+                for pending in self._ready:  # built, not yet measured: run it on resume
+                    self._interrupt(pending)
+                self._ready = []
+            while self._ready and dispatcher.free_slots() > 0:
+                pending = self._ready.pop(0)
                 self._pending[pending.trial.number] = pending
                 dispatcher.submit(pending.trial.number,
                                   self._request(pending, eval_digest, eval_ref))
-            if ready and not self._pending and dispatcher.free_slots() == 0:
-                for pending in ready:  # every agent is gone: fail rather than wait forever
+            if self._ready and not self._pending and dispatcher.free_slots() == 0:
+                for pending in self._ready:  # every agent is gone: fail rather than wait
                     self._fail(pending, "no agent of the device class is available")
+                self._ready = []
                 return "no agent available"
-            can_ask = asked + len(self._pending) + len(ready) < trials
-            if deadline is not None and time.monotonic() >= deadline:
-                can_ask, stop_reason = False, "timeout reached"
-            if can_ask and not ready:  # build the next candidate while the agents measure
-                pending = self._ask(self._study, prepared)
+            if self._stop.requested:
+                stop_reason = INTERRUPTED_BY_USER
+            if stop_reason is None:
+                stop_reason = self.monitor.stop_reason(
+                    self._finished(), in_flight=len(self._pending) + len(self._ready))
+            if stop_reason is None and not self._ready:  # build while the agents measure
+                pending = self._ask(prepared)
                 if self._build(pending, prepared):
-                    ready.append(pending)
-                else:
-                    asked += 1
+                    self._ready.append(pending)
+                self._collect(dispatcher, timeout=0.0)  # what finished during the build
                 continue
-            if not self._pending and not ready:
-                return stop_reason
-            for completed in dispatcher.poll(timeout=1.0):
-                self._finish(self._pending.pop(completed.key), completed)
-                asked += 1
+            if not self._pending and not self._ready:
+                return stop_reason or TRIALS_DONE
+            self._collect(dispatcher, timeout=1.0)
+
+    def _collect(self, dispatcher: Dispatcher, timeout: float) -> None:
+        for completed in dispatcher.poll(timeout=timeout):
+            self._finish(self._pending.pop(completed.key), completed)

@@ -1,4 +1,7 @@
-"""A tiny study end to end, as a user runs it: the CLI, a real Ray agent, MLflow on sqlite."""
+"""A tiny study end to end, as a user runs it: the CLI, a real Ray agent, MLflow on sqlite.
+
+Resuming after SIGKILL and Ctrl-C, and the MLflow server, are in test_end_to_end_resume.py.
+"""
 
 from __future__ import annotations
 
@@ -107,15 +110,3 @@ def test_best_returns_a_bundle_the_runtime_loads_and_runs(study, tmp_path) -> No
                          "--maximize", "accuracy", cwd=directory)
     assert nothing.returncode == 1
     assert nothing.stderr.strip().count("\n") == 0 and "no feasible trial" in nothing.stderr
-
-
-def test_a_second_run_resumes_the_same_study(study) -> None:
-    from search.workspace import Workspace, load_records
-
-    directory, _ = study
-    again = paretoedge("run", str(directory / "config.yaml"), "--trials", str(TRIALS + 1),
-                       "--workdir", str(directory / "runs"), cwd=directory)
-    assert again.returncode == 0, again.stdout + again.stderr
-    records, _ = load_records(Workspace(directory / "runs", "e2e"))
-    assert len(records) == TRIALS + 1
-    assert sum(r.baseline for r in records) == 1
