@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from search.pareto import HypervolumeHistory
 
 TRIALS_DONE = "trial budget reached"
+SPACE_EXHAUSTED = "search space exhausted (the sampler only repeats measured candidates)"
 TIMEOUT = "timeout reached"
 INTERRUPTED_BY_USER = "interrupted"
 

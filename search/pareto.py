@@ -50,7 +50,8 @@ class ParetoFront:
     @classmethod
     def from_records(cls, records: Sequence[TrialRecord],
                      max_accuracy_drop: float = 0.01) -> ParetoFront:
-        feasible = [r for r in records if r.complete and r.feasible]
+        # a reused trial repeats an earlier one's measurement: the original stands for both
+        feasible = [r for r in records if r.complete and r.feasible and not r.reused]
         members = sorted(non_dominated(feasible), key=lambda r: r.metrics["latency_p95_ms"])
         baseline = next((r for r in records if r.baseline and r.complete), None)
         return cls(tuple(members), baseline, max_accuracy_drop)

@@ -48,6 +48,7 @@ class TrialRecord:
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     finished_at: float | None = None
+    reused_from: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -59,8 +60,15 @@ class TrialRecord:
         return self.state == "FAIL" and self.fail_reason == INTERRUPTED
 
     @property
+    def reused(self) -> bool:
+        """A repeat of an earlier trial's candidate: its measurement was reused, not redone."""
+        return self.reused_from is not None
+
+    @property
     def finished(self) -> bool:
-        """Completed or failed for a reason of its own: counts against the trial budget."""
+        """Measured, or failed for a reason of its own: counts against the trial budget."""
+        if self.reused:
+            return False
         return self.complete or (self.state == "FAIL" and not self.interrupted)
 
     def objective_values(self) -> tuple[float, ...]:
@@ -74,7 +82,8 @@ class TrialRecord:
                 "feasible": self.feasible, "candidate": dict(self.candidate),
                 "metrics": dict(self.metrics), "bundle": self.bundle,
                 "bundle_digest": self.bundle_digest, "fail_reason": self.fail_reason,
-                "agent_id": self.agent_id, "device_class": self.device_class}
+                "agent_id": self.agent_id, "device_class": self.device_class,
+                "reused_from": self.reused_from}
 
 
 def record_from_trial(trial: Any) -> TrialRecord:
@@ -98,6 +107,7 @@ def record_from_trial(trial: Any) -> TrialRecord:
         params=dict(trial.params),
         finished_at=(trial.datetime_complete.timestamp()
                      if trial.datetime_complete is not None else None),
+        reused_from=attrs.get("reused_from"),
     )
 
 

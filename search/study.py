@@ -21,7 +21,7 @@ from rich.console import Console
 
 from device_agents import EvalSetPayload, MeasurementProtocol, MeasureRequest
 from device_agents.bundle import BundlePayload
-from search.budget import INTERRUPTED_BY_USER, TRIALS_DONE, Budget
+from search.budget import INTERRUPTED_BY_USER, SPACE_EXHAUSTED, TRIALS_DONE, Budget
 from search.config import StudyConfig
 from search.dispatch import Completed, Dispatcher
 from search.errors import SearchError
@@ -37,6 +37,8 @@ from search.workspace import Workspace, open_storage
 from spaces import BuildError, BuiltBundle, Candidate
 
 log = logging.getLogger(__name__)
+#: Consecutive repeated candidates after which the search space counts as exhausted.
+EXHAUSTED_AFTER_REPEATS = 25
 __all__ = ["INTERRUPTED", "RunOptions", "StudyRunner", "StudySummary", "Tracker"]
 
 
@@ -129,6 +131,7 @@ class StudyRunner:
         self._baseline_accuracy: float | None = None
         self._pending: dict[int, _Pending] = {}
         self._ready: list[_Pending] = []
+        self._repeats = 0  # consecutive candidates that repeated a measured one
         self._stop = GracefulStop()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -193,6 +196,36 @@ class StudyRunner:
                               bundle=BundlePayload.from_directory(pending.built.directory),
                               eval_set_digest=eval_digest, eval_set=eval_ref,
                               protocol=protocol, trial_number=pending.trial.number)
+
+    def _measured_twin(self, candidate: Candidate) -> TrialRecord | None:
+        """An earlier completed trial of the same candidate, if any.
+
+        The builder is deterministic and bundles are content-addressed, so an equal candidate
+        means an identical bundle: its measurement is reused rather than redone.
+        """
+        key = candidate.to_dict()
+        return next((r for r in self.records() if r.complete and not r.reused
+                     and dict(r.candidate) == key), None)
+
+    def _reuse(self, pending: _Pending, twin: TrialRecord) -> None:
+        """Tell Optuna the twin's values for a repeated candidate (no build, no measurement)."""
+        trial = pending.trial
+        metrics = dict(twin.metrics)
+        c = self.config.constraints
+        assert self._baseline_accuracy is not None
+        for name, value in constraint_values(
+                metrics, baseline_accuracy=self._baseline_accuracy,
+                max_accuracy_drop=c.max_accuracy_drop, latency_p95_ms=c.latency_p95_ms,
+                size_kb=c.size_kb).items():
+            trial.set_constraint(name, value)
+        for key, value in (("metrics", metrics), ("reused_from", twin.number),
+                           ("bundle", twin.bundle), ("bundle_digest", twin.bundle_digest),
+                           ("agent_id", twin.agent_id), ("fingerprint", dict(twin.fingerprint))):
+            trial.set_user_attr(key, value)
+        self._study.tell(trial, objective_values(metrics))
+        self.monitor.print(f"trial {trial.number:>3} {pending.candidate.describe():<44} "
+                           f"repeats trial {twin.number}: measurement reused")
+        self._refresh()
 
     def _told(self, pending: _Pending) -> TrialRecord:
         return record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
@@ -365,11 +398,7 @@ class StudyRunner:
                 for pending in self._ready:  # built, not yet measured: run it on resume
                     self._interrupt(pending)
                 self._ready = []
-            while self._ready and dispatcher.free_slots() > 0:
-                pending = self._ready.pop(0)
-                self._pending[pending.trial.number] = pending
-                dispatcher.submit(pending.trial.number,
-                                  self._request(pending, eval_digest, eval_ref))
+            self._dispatch_ready(dispatcher, eval_digest, eval_ref)
             if self._ready and not self._pending and dispatcher.free_slots() == 0:
                 for pending in self._ready:  # every agent is gone: fail rather than wait
                     self._fail(pending, "no agent of the device class is available")
@@ -382,12 +411,42 @@ class StudyRunner:
                     self._finished(), in_flight=len(self._pending) + len(self._ready))
             if stop_reason is None and not self._ready:  # build while the agents measure
                 pending = self._ask(prepared)
+                self._await_in_flight_twin(pending.candidate, dispatcher, eval_digest, eval_ref)
+                twin = self._measured_twin(pending.candidate)
+                if twin is not None:
+                    self._reuse(pending, twin)
+                    self._repeats += 1
+                    if self._repeats >= EXHAUSTED_AFTER_REPEATS:
+                        stop_reason = SPACE_EXHAUSTED
+                    continue
+                self._repeats = 0
                 if self._build(pending, prepared):
                     self._ready.append(pending)
                 self._collect(dispatcher, timeout=0.0)  # what finished during the build
                 continue
             if not self._pending and not self._ready:
                 return stop_reason or TRIALS_DONE
+            self._collect(dispatcher, timeout=1.0)
+
+    def _dispatch_ready(self, dispatcher: Dispatcher, eval_digest: str, eval_ref: Any) -> None:
+        while self._ready and dispatcher.free_slots() > 0:
+            pending = self._ready.pop(0)
+            self._pending[pending.trial.number] = pending
+            dispatcher.submit(pending.trial.number, self._request(pending, eval_digest, eval_ref))
+
+    def _await_in_flight_twin(self, candidate: Candidate, dispatcher: Dispatcher,
+                              eval_digest: str, eval_ref: Any) -> None:
+        """Let an in-flight trial of the same candidate finish, so that it can be reused."""
+        key = candidate.to_dict()
+
+        def twin_in_flight() -> bool:
+            return any(p.candidate.to_dict() == key
+                       for p in (*self._pending.values(), *self._ready))
+
+        while twin_in_flight():
+            self._dispatch_ready(dispatcher, eval_digest, eval_ref)
+            if not self._pending:  # nothing can finish (no agent): build and measure anew
+                return
             self._collect(dispatcher, timeout=1.0)
 
     def _collect(self, dispatcher: Dispatcher, timeout: float) -> None:

@@ -231,9 +231,10 @@ class MlflowStore:
                 "baseline": str(record.baseline).lower(),
                 "feasible": str(record.feasible).lower(), "pareto": "false",
                 "state": record.state}
-        for name in ("fail_reason", "bundle", "bundle_digest", "device_class", "agent_id"):
+        for name in ("fail_reason", "bundle", "bundle_digest", "device_class", "agent_id",
+                     "reused_from"):
             value = getattr(record, name)
-            if value:
+            if value is not None and value != "":  # reused_from may be trial 0
                 tags[name] = str(value)[:4000]
         if record.fingerprint:
             tags["fingerprint"] = json.dumps(dict(record.fingerprint), sort_keys=True)[:4000]

@@ -51,7 +51,7 @@ def runner_for(config_path: Path, workdir: Path, agent: FakeAgent) -> StudyRunne
 def test_study_runs_the_baseline_first_and_respects_the_budget(write_config, tmp_path) -> None:
     agent = fake_device()
     summary = runner_for(write_config(), tmp_path / "runs", agent).run(RunOptions(trials=5))
-    assert len(summary.records) == 5 == len(agent.requests)
+    assert sum(not r.reused for r in summary.records) == 5 == len(agent.requests)
     baseline = summary.records[0]
     assert baseline.baseline and baseline.number == 0 and baseline.complete
     assert baseline.candidate == {"quantization": ["fp32", "fp32"], "prune_ratio": 0.0,
@@ -73,7 +73,7 @@ def test_a_failed_measurement_is_a_failed_trial_and_the_study_goes_on(write_conf
     agent = fake_device(fail_when=lambda c: c["prune_ratio"] > 0)
     path = write_config(pruning={"ratio_max": 0.5, "ratio_step": 0.25})
     summary = runner_for(path, tmp_path / "runs", agent).run(RunOptions(trials=6))
-    assert len(summary.records) == 6
+    assert sum(not r.reused for r in summary.records) == 6
     failed = [r for r in summary.records if r.state == "FAIL"]
     assert all("the board rebooted" in (r.fail_reason or "") for r in failed)
     assert all(r.candidate["prune_ratio"] > 0 for r in failed)
@@ -99,7 +99,7 @@ def test_a_failed_build_is_a_failed_trial(write_config, tmp_path, monkeypatch) -
     assert failed, "the sampler should have tried early exits in 8 trials"
     assert all(r.candidate["exit_thresholds"] for r in failed)
     assert all(r.fail_reason == "build failed: exporter exploded" for r in failed)
-    assert len(summary.records) == 8
+    assert sum(not r.reused for r in summary.records) == 8
 
 
 def test_a_baseline_that_cannot_be_measured_stops_the_study(write_config, tmp_path) -> None:
@@ -116,7 +116,7 @@ def test_resume_reruns_trials_left_running_and_completes_the_budget(write_config
     path = write_config()
     workdir = tmp_path / "runs"
     first = runner_for(path, workdir, fake_device()).run(RunOptions(trials=3))
-    assert len(first.records) == 3
+    assert sum(not r.reused for r in first.records) == 3
     # A driver killed mid-trial leaves a RUNNING trial behind.
     study = optuna.load_study(study_name="tiny",
                               storage=open_storage(Workspace(workdir, "tiny").journal))
@@ -129,7 +129,40 @@ def test_resume_reruns_trials_left_running_and_completes_the_budget(write_config
     assert by_number[orphan.number].fail_reason == INTERRUPTED
     # the first three trials are intact, and five trials completed in all
     assert [by_number[n].metrics for n in range(3)] == [r.metrics for r in first.records]
-    assert sum(r.complete for r in second.records) == 5
+    assert sum(r.complete and not r.reused for r in second.records) == 5
     assert sum(r.baseline for r in second.records) == 1
     rerun = [r for r in second.records if r.number > orphan.number]
     assert any(r.candidate["quantization"][0] == params["quant_stage0"] for r in rerun)
+
+
+def test_a_repeated_candidate_reuses_its_measurement_and_an_exhausted_space_stops(
+        write_config, tmp_path) -> None:
+    from search.budget import SPACE_EXHAUSTED
+    from search.study import EXHAUSTED_AFTER_REPEATS
+
+    # One point: fp32 everywhere, no pruning, no exits. Every trial after the baseline repeats it.
+    path = write_config(quantization={"precisions": ["fp32"]}, pruning={"ratio_max": 0.0},
+                        early_exit={"enabled": False})
+    agent = fake_device()
+    summary = runner_for(path, tmp_path / "runs", agent).run(RunOptions(trials=5))
+    assert len(agent.requests) == 1  # measured once
+    assert summary.stop_reason == SPACE_EXHAUSTED
+    repeats = [r for r in summary.records if r.reused]
+    assert len(repeats) == EXHAUSTED_AFTER_REPEATS
+    baseline = summary.records[0]
+    for r in repeats:
+        assert r.reused_from == baseline.number and r.complete and not r.finished
+        assert dict(r.metrics) == dict(baseline.metrics)
+        assert r.bundle == baseline.bundle and r.feasible
+    assert summary.front.numbers == {baseline.number}  # repeats stay off the front
+
+
+@pytest.mark.slow
+def test_repeats_do_not_count_against_the_budget(write_config, tmp_path) -> None:
+    path = write_config(quantization={"precisions": ["fp32", "int8"]},
+                        pruning={"ratio_max": 0.0}, early_exit={"enabled": False})
+    agent = fake_device()  # 2 groups x 2 precisions = 4 distinct candidates
+    summary = runner_for(path, tmp_path / "runs", agent).run(RunOptions(trials=4))
+    measured = [r for r in summary.records if not r.reused]
+    assert len(measured) == len(agent.requests) == 4
+    assert len({json.dumps(dict(r.candidate), sort_keys=True) for r in measured}) == 4
