@@ -16,6 +16,7 @@ import numpy as np
 
 from device_agents.bundle import bundle_size_bytes
 from device_agents.cascade import CascadeRunner
+from device_agents.energy import EnergyMeter, open_counters
 from device_agents.eval_set import EvalSet
 from device_agents.protocol import LatencyStats, Measurement, MeasurementProtocol
 
@@ -81,18 +82,6 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
-class EnergyCounter:
-    """Package energy from Intel RAPL (microjoules) when the counter is readable, else None."""
-
-    PATH = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
-
-    def read_uj(self) -> int | None:
-        try:
-            return int(self.PATH.read_text())
-        except (OSError, ValueError):
-            return None
-
-
 def device_fingerprint(threads: int, providers: tuple[str, ...]) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -148,8 +137,8 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
     correct = predictions == eval_set.labels
 
     # Timing: rounds cycling through the eval set until the median's CI is tight.
-    energy = EnergyCounter()
-    energy_start = energy.read_uj()
+    energy = EnergyMeter(open_counters(providers))
+    energy.start()
     clock = time.perf_counter_ns
     samples: list[int] = []
     converged = False
@@ -166,11 +155,11 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
             if hi - lo <= protocol.ci_rel_width * float(np.median(samples)):
                 converged = True
                 break
-    energy_end = energy.read_uj()
+    energy_mj = energy.per_run_mj(len(samples))
+    energy.close()
     latency_ms = np.asarray(samples, dtype=np.float64) / 1e6
-    energy_mj = None
-    if energy_start is not None and energy_end is not None and energy_end >= energy_start:
-        energy_mj = (energy_end - energy_start) / 1000.0 / len(samples)
+    fingerprint = device_fingerprint(protocol.threads, providers)
+    fingerprint["energy_counters"] = energy.sources if energy_mj is not None else []
 
     return Measurement(
         bundle_digest=expected_digest or "",
@@ -181,7 +170,7 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
         latency=latency_stats(latency_ms, converged=converged),
         size_kb=bundle_size_bytes(runner.directory, runner.manifest) / 1024.0,
         peak_mem_mb=memory.peak_mb(),
-        fingerprint=device_fingerprint(protocol.threads, providers),
+        fingerprint=fingerprint,
         agent_id=agent_id,
         energy_mj=energy_mj,
         duration_s=time.perf_counter() - started,

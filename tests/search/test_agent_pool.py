@@ -107,9 +107,9 @@ def test_a_killed_agent_hands_its_trial_to_another(ray_cluster, tmp_path, eval_p
                                        max_runs=200_000, round_runs=1000, ci_rel_width=1e-9)
         pool.submit(7, request(payload, eval_payload, ref, protocol, 7))
         (job,) = pool._busy.values()
-        victim = pool._agent_id(job.agent)
+        victim = job.agent.agent_id
         time.sleep(1.0)
-        ray.kill(job.agent, no_restart=True)
+        ray.kill(job.agent.handle, no_restart=True)
         done = collect(pool, 1, limit_s=300)
         assert len(done) == 1
         (result,) = done
