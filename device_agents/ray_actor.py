@@ -53,7 +53,6 @@ class DeviceAgentActor:
     def info(self) -> dict[str, Any]:
         import ray
 
-        self._agent.heartbeat()
         context = ray.get_runtime_context()
         return {**self._agent.info(), "node_id": context.get_node_id(),
                 "pinned": self._pinned, "actor_name": context.get_actor_name() or ""}
