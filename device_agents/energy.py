@@ -25,14 +25,16 @@ POWERCAP = Path("/sys/class/powercap")
 
 
 class EnergyCounter(Protocol):
-    """A monotonic energy counter: ``read_mj()`` in millijoules, ``None`` when unreadable."""
+    """Monotonic energy counters: ``read()`` gives raw values (one per domain), ``None`` when
+    unreadable; ``span_mj`` turns two readings into millijoules."""
 
     name: str
 
-    def read_mj(self) -> float | None: ...
+    def read(self) -> tuple[float, ...] | None: ...
 
-    def span_mj(self, start: float, end: float) -> float:
-        """Energy between two readings, allowing for one wrap-around of the counter."""
+    def span_mj(self, start: tuple[float, ...], end: tuple[float, ...]) -> float:
+        """Energy between two readings, allowing for one wrap-around of each counter (NaN
+        when a counter went backwards with no known range)."""
         ...
 
 
@@ -54,17 +56,23 @@ class RaplCounter:
         domains = tuple(p for p in candidates if _read_int(p / "energy_uj") is not None)
         return cls(domains) if domains else None
 
-    def read_mj(self) -> float | None:
+    def read(self) -> tuple[float, ...] | None:
         values = [_read_int(d / "energy_uj") for d in self.domains]
         if any(v is None for v in values):
             return None
-        return sum(v for v in values if v is not None) / 1000.0
+        return tuple(float(v) for v in values if v is not None)
 
-    def span_mj(self, start: float, end: float) -> float:
-        if end >= start:
-            return end - start
-        wrap = sum(_read_int(d / "max_energy_range_uj") or 0 for d in self.domains) / 1000.0
-        return end + wrap - start if wrap > 0 else float("nan")
+    def span_mj(self, start: tuple[float, ...], end: tuple[float, ...]) -> float:
+        total_uj = 0.0
+        for domain, a, b in zip(self.domains, start, end, strict=True):
+            if b >= a:
+                total_uj += b - a
+                continue
+            wrap = _read_int(domain / "max_energy_range_uj") or 0
+            if wrap <= 0:
+                return float("nan")
+            total_uj += b + wrap - a
+        return total_uj / 1000.0
 
 
 @dataclass(frozen=True)
@@ -90,14 +98,14 @@ class NvmlCounter:
             return None
         return cls(pynvml, handle)
 
-    def read_mj(self) -> float | None:
+    def read(self) -> tuple[float, ...] | None:
         try:
-            return float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+            return (float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)),)
         except Exception:
             return None
 
-    def span_mj(self, start: float, end: float) -> float:
-        return end - start if end >= start else float("nan")
+    def span_mj(self, start: tuple[float, ...], end: tuple[float, ...]) -> float:
+        return end[0] - start[0] if end[0] >= start[0] else float("nan")
 
 
 def _read_int(path: Path) -> int | None:
@@ -132,14 +140,14 @@ class EnergyMeter:
 
     def __init__(self, counters: Sequence[EnergyCounter]) -> None:
         self.counters = list(counters)
-        self._start: list[float | None] = []
+        self._start: list[tuple[float, ...] | None] = []
 
     @property
     def sources(self) -> list[str]:
         return [c.name for c in self.counters]
 
     def start(self) -> None:
-        self._start = [c.read_mj() for c in self.counters]
+        self._start = [c.read() for c in self.counters]
 
     def per_run_mj(self, runs: int) -> float | None:
         """Energy per run over the region since :meth:`start`, or ``None`` if unmeasured."""
@@ -147,7 +155,7 @@ class EnergyMeter:
             return None
         total = 0.0
         for counter, start in zip(self.counters, self._start, strict=True):
-            end = counter.read_mj()
+            end = counter.read()
             if start is None or end is None:
                 return None
             span = counter.span_mj(start, end)
