@@ -35,10 +35,10 @@ from typing import Any
 
 from device_agents.agent_node import (
     RayNodeProcess,
+    enable_token_auth,
     parse_cores,
     plan_cores,
     ray_start_command,
-    token_source,
 )
 from device_agents.errors import AgentStartError, DeviceAgentError
 from device_agents.registry import (
@@ -95,6 +95,7 @@ def connect(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    enable_token_auth()
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
         ray.init(address=target, namespace=AGENT_NAMESPACE, log_to_driver=False,
@@ -145,7 +146,7 @@ class AgentSupervisor:
         o.check()
         if o.cores is None:  # fail on a bad plan before starting anything
             plan_cores(os.cpu_count() or 1, o.agents, o.threads)
-        source = token_source(o.token_file)
+        source = enable_token_auth(o.token_file)
         if source is None and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled":
             self.say(f"warning: no Ray auth token here; a head with token authentication "
                      f"(Ray's default) will refuse this node: {TOKEN_HINT}")
@@ -156,7 +157,12 @@ class AgentSupervisor:
         self.say(f"joining the Ray cluster at {o.address} as a node of device class "
                  f"{o.device_class!r} ...")
         self.node.start()
-        self.node.wait_started(o.ready_timeout_s)
+        try:
+            self.node.wait_started(o.ready_timeout_s)
+        except AgentStartError as exc:
+            if "auth" in str(exc).lower():
+                raise AgentStartError(f"{exc}; {TOKEN_HINT}") from None
+            raise
         connect(o.address)
         deadline = time.monotonic() + o.ready_timeout_s
         while (node := node_with_label(NODE_LABEL, self.node_key)) is None:

@@ -101,6 +101,26 @@ def token_source(token_file: Path | None = None) -> str | None:
     return str(DEFAULT_TOKEN_FILE) if DEFAULT_TOKEN_FILE.is_file() else None
 
 
+def enable_token_auth(token_file: Path | None = None) -> str | None:
+    """Turn Ray's token mode on for this process and its children when a token is available.
+
+    Ray 2.60 sends the token only in token mode, and turns that mode on by itself only for
+    ``ray start --head`` and a driver that finds a local cluster: a node joining with
+    ``ray start --address`` and a driver given ``address=`` need ``RAY_AUTH_MODE=token``.
+    An explicit ``RAY_AUTH_MODE`` is respected. Returns where the token comes from, or None.
+    """
+    source = token_source(token_file)
+    if source is not None and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # a process that already loaded Ray's config must read it again (as Ray does)
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except Exception:
+            pass
+    return source
+
+
 def ray_start_command(address: str, device_class: str, slots: int, node_key: str, *,
                       object_store_mb: int = 200, extra: Sequence[str] = ()) -> list[str]:
     """The ``ray start`` command line that joins this machine to the cluster at ``address``."""

@@ -99,6 +99,9 @@ def start_ray(address: str | None, *, num_cpus: int | None = None,
     if ray.is_initialized():
         return
     if address:
+        from device_agents.agent_node import enable_token_auth
+
+        enable_token_auth()  # an explicit address never turns Ray's token mode on by itself
         try:
             ray.init(address=address, namespace=AGENT_NAMESPACE, log_to_driver=False,
                      logging_level=logging.WARNING)
@@ -109,7 +112,9 @@ def start_ray(address: str | None, *, num_cpus: int | None = None,
                 f"`ray start --head` running there, and is its auth token in ~/.ray/auth_token "
                 f"or RAY_AUTH_TOKEN here?)") from exc
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), resources=resources or {},
+        # "local": a new cluster of our own. Without it ray.init joins whatever cluster
+        # /tmp/ray/ray_current_cluster names (any `ray start --head` on this machine).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), resources=resources or {},
                  include_dashboard=False, namespace=AGENT_NAMESPACE, log_to_driver=False,
                  object_store_memory=256 * 1024 * 1024, logging_level=logging.WARNING)
 

@@ -110,8 +110,16 @@ def fleet(tmp_path_factory):
     if had_local:
         ray.shutdown()
     tmp = tmp_path_factory.mktemp("fleet")
+    address_file = Path("/tmp/ray/ray_current_cluster")  # where a plain ray.init() looks
+    previous = address_file.read_text() if address_file.is_file() else None
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": False, "resources": {device_resource("edge"): 1}})
+    # Cluster writes its address there: put back what was, so that no other Ray user on this
+    # machine joins our test cluster by accident
+    if previous is None:
+        address_file.unlink(missing_ok=True)
+    else:
+        address_file.write_text(previous)
     nodes: dict[str, object] = {}
     keys: dict[str, str] = {}
     for label, device_class in (("rpi4-a", "rpi4"), ("rpi4-b", "rpi4"), ("jetson", "jetson")):
