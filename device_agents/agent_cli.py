@@ -201,7 +201,8 @@ class AgentSupervisor:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(ready) < len(refs):
             raise AgentStartError(f"{len(refs) - len(ready)} agent(s) did not start on this "
-                                  f"node within {timeout:.0f} s")
+                                  f"node within {timeout:.0f} s (a head without token "
+                                  f"authentication needs RAY_AUTH_MODE=disabled here too)")
         ray.get(ready)
 
     def _describe(self, slot: _Slot) -> str:

@@ -95,6 +95,20 @@ def settle(pool: RayAgentPool, count: int, limit_s: float = 120) -> None:
     assert len(pool.agents) >= count, pool.agents
 
 
+def token_mode() -> None:
+    """Token authentication on, as Ray 2.60 has it by default (a local ``ray.init`` does the
+    same): every node and the CLI's own node then use the token in ~/.ray/auth_token. A node
+    in token mode cannot serve a head without it, so the whole fleet must agree."""
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+
+
 def _restart_session_cluster() -> None:
     """Bring back the local cluster of tests/conftest.py's session fixture."""
     start_ray(None, num_cpus=os.cpu_count() or 2,
@@ -109,6 +123,7 @@ def fleet(tmp_path_factory):
     had_local = ray.is_initialized()
     if had_local:
         ray.shutdown()
+    token_mode()
     tmp = tmp_path_factory.mktemp("fleet")
     address_file = Path("/tmp/ray/ray_current_cluster")  # where a plain ray.init() looks
     previous = address_file.read_text() if address_file.is_file() else None
