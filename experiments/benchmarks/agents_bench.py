@@ -181,7 +181,8 @@ def spread(bundle: BundlePayload, payload: EvalSetPayload, repeats: int,
             rows.append({"repeat": k, "p50_ms": m.latency.p50_ms, "p95_ms": m.latency.p95_ms,
                          "mean_ms": m.latency.mean_ms, "n": m.latency.n,
                          "ci_rel_width": m.latency.ci_rel_width,
-                         "converged": m.latency.converged, "peak_mem_mb": m.peak_mem_mb})
+                         "converged": m.latency.converged, "peak_mem_mb": m.peak_mem_mb,
+                         "loadavg_1m": os.getloadavg()[0]})
     finally:
         stop(pool)
     p50 = [r["p50_ms"] for r in rows]
@@ -249,11 +250,13 @@ def main() -> None:
     s = result["spread"]
     table = Table(title=f"Spread: one bundle measured {args.repeats} times by one agent (core "
                         f"{s['cores']}), default protocol")
-    for heading in ("repeat", "p50 ms", "p95 ms", "n", "CI width / p50", "converged"):
+    for heading in ("repeat", "p50 ms", "p95 ms", "n", "CI width / p50", "converged",
+                    "load avg 1 min"):
         table.add_column(heading)
     for r in s["repeats"]:
         table.add_row(str(r["repeat"]), f"{r['p50_ms']:.4f}", f"{r['p95_ms']:.4f}", str(r["n"]),
-                      f"{r['ci_rel_width'] * 100:.2f} %", str(r["converged"]))
+                      f"{r['ci_rel_width'] * 100:.2f} %", str(r["converged"]),
+                      f"{r['loadavg_1m']:.1f}")
     console.print(table)
     console.print(f"p50: mean {s['p50_mean_ms']:.4f} ms, min {s['p50_min_ms']:.4f}, max "
                   f"{s['p50_max_ms']:.4f}, coefficient of variation {s['p50_cv'] * 100:.2f} % "
