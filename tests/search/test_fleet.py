@@ -357,3 +357,19 @@ def test_a_killed_node_hands_its_trial_to_another_agent_and_loses_no_result(flee
         assert [a["agent_id"] for a in pool.agents] == [rerun.agent_id]
     finally:
         pool.close()
+
+
+def test_a_trial_whose_class_has_no_agent_left_waits_then_fails_clearly(fleet) -> None:
+    pool = RayAgentPool.connect(fleet.address, "jetson", wait_for_agents_s=5, retries=2)
+    try:
+        payload = eval_payload(6)
+        pool.submit(1, request(fleet, payload, pool.share(payload), 1, LONG))
+        time.sleep(2.0)
+        fleet.cluster.remove_node(fleet.nodes.pop("jetson"))
+        (done,) = collect(pool, 1, limit_s=120)
+        assert done.key == 1 and done.measurement is None
+        assert "no agent of device class 'jetson' for 5 s" in done.error
+        assert pool.agents == [] and pool.free_slots() == 0
+        assert pool.wait_for_free_slot(1.0) is False  # the study then fails its next trials
+    finally:
+        pool.close()
