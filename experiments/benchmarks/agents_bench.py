@@ -153,6 +153,7 @@ def throughput(plan: list[tuple[int, ...]], builder: tuple[int, ...], bundle: Bu
     return {"agents": len(plan), "cores": [list(c) for c in plan], "builder": list(builder),
             "trials": trials, "elapsed_s": elapsed, "trials_per_min": trials / elapsed * 60,
             "measure_s_mean": statistics.mean(durations),
+            "cpu_share_mean": statistics.mean(c.measurement.latency.cpu_share for c in done),
             "p50_ms_mean": statistics.mean(c.measurement.latency.p50_ms for c in done),
             "agents_used": len({c.agent_id for c in done})}
 
@@ -182,7 +183,7 @@ def spread(bundle: BundlePayload, payload: EvalSetPayload, repeats: int,
                          "mean_ms": m.latency.mean_ms, "n": m.latency.n,
                          "ci_rel_width": m.latency.ci_rel_width,
                          "converged": m.latency.converged, "peak_mem_mb": m.peak_mem_mb,
-                         "loadavg_1m": os.getloadavg()[0]})
+                         "cpu_share": m.latency.cpu_share, "loadavg_1m": os.getloadavg()[0]})
     finally:
         stop(pool)
     p50 = [r["p50_ms"] for r in rows]
@@ -238,25 +239,25 @@ def main() -> None:
                         f"({args.fixed_runs} timed runs + {args.eval_samples} accuracy samples)"
                         f" on {cpus} cores")
     for heading in ("config", "agent cores", "builder cores", "agents used", "trials/min",
-                    "speed-up", "s per measurement", "p50 ms"):
+                    "speed-up", "s per measurement", "p50 ms", "CPU share"):
         table.add_column(heading)
     base = result["throughput"][0]["trials_per_min"]
     for row in result["throughput"]:
         table.add_row(row["config"], str(row["cores"]), str(row["builder"]),
                       str(row["agents_used"]), f"{row['trials_per_min']:.1f}",
                       f"{row['trials_per_min'] / base:.2f}x", f"{row['measure_s_mean']:.2f}",
-                      f"{row['p50_ms_mean']:.4f}")
+                      f"{row['p50_ms_mean']:.4f}", f"{row['cpu_share_mean']:.2f}")
     console.print(table)
     s = result["spread"]
     table = Table(title=f"Spread: one bundle measured {args.repeats} times by one agent (core "
                         f"{s['cores']}), default protocol")
     for heading in ("repeat", "p50 ms", "p95 ms", "n", "CI width / p50", "converged",
-                    "load avg 1 min"):
+                    "CPU share", "load avg 1 min"):
         table.add_column(heading)
     for r in s["repeats"]:
         table.add_row(str(r["repeat"]), f"{r['p50_ms']:.4f}", f"{r['p95_ms']:.4f}", str(r["n"]),
                       f"{r['ci_rel_width'] * 100:.2f} %", str(r["converged"]),
-                      f"{r['loadavg_1m']:.1f}")
+                      f"{r['cpu_share']:.2f}", f"{r['loadavg_1m']:.1f}")
     console.print(table)
     console.print(f"p50: mean {s['p50_mean_ms']:.4f} ms, min {s['p50_min_ms']:.4f}, max "
                   f"{s['p50_max_ms']:.4f}, coefficient of variation {s['p50_cv'] * 100:.2f} % "
