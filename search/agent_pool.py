@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -30,11 +29,9 @@ from device_agents import MeasureRequest
 from device_agents.registry import (
     AGENT_NAMESPACE,
     AgentName,
-    agent_handle,
     device_resource,
-    free_class_slots,
-    named_agents,
 )
+from search.agent_roster import AgentRoster, KnownAgent
 from search.dispatch import Completed
 from search.errors import AgentUnavailableError
 
@@ -45,35 +42,14 @@ AGENT_LOST = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "NodeD
 
 
 @dataclass
-class _Agent:
-    handle: Any
-    name: str
-    agent_id: str
-    owned: bool
-    info: dict[str, Any] = field(default_factory=dict)
-    ping_ref: Any = None
-    ping_sent: float = 0.0
-    last_seen: float = field(default_factory=time.monotonic)
-
-
-@dataclass
 class _Job:
     key: Hashable
     request: MeasureRequest
-    agent: _Agent | None
+    agent: KnownAgent | None
     ref: Any
     started: float
     attempts: int = 1
     tried: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _Probe:
-    name: str
-    handle: Any
-    ref: Any
-    owned: bool
-    since: float = field(default_factory=time.monotonic)
 
 
 def local_core_plan(cpu_count: int, agents: int) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
@@ -137,13 +113,12 @@ class RayAgentPool:
         self.cache_dir = cache_dir
         self.discover_every_s = discover_every_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
-        self._agents: list[_Agent] = []
+        self._roster = AgentRoster(device_class, on_lost=self._lost, discover=discover,
+                                   threads=threads, cache_dir=cache_dir,
+                                   discover_every_s=discover_every_s,
+                                   heartbeat_timeout_s=heartbeat_timeout_s)
         self._busy: dict[str, _Job] = {}
         self._queue: list[_Job] = []
-        self._probes: dict[str, _Probe] = {}
-        self._ignored: dict[str, float] = {}  # name or node id -> monotonic time to retry
-        self._created = 0
-        self._last_refresh = 0.0
         self._local_factory = local_factory
         self._orphans: list[Completed] = []  # trials that failed outside poll (heartbeats)
         self._pending_local = [(h, False) for h in agents or []]
@@ -198,9 +173,7 @@ class RayAgentPool:
                 f"only {len(ready)} of {len(refs)} agents of device class "
                 f"{self.device_class!r} started within {self.wait_for_agents_s:.0f} s")
         for handle, ref in zip(handles, refs, strict=True):
-            info = ray.get(ref)
-            self._agents.append(_Agent(handle, info.get("actor_name", ""), info["agent_id"],
-                                       owned=True, info=info))
+            self._roster.add(handle, ray.get(ref), owned=True)
 
     def wait_for_agents(self) -> None:
         """Raise :class:`AgentUnavailableError` unless an agent is free within the timeout."""
@@ -218,136 +191,25 @@ class RayAgentPool:
     @property
     def agents(self) -> list[dict[str, Any]]:
         """What each connected agent said about itself when it was found."""
-        return [dict(a.info, agent_id=a.agent_id, name=a.name) for a in self._agents]
+        return [dict(a.info, agent_id=a.agent_id, name=a.name) for a in self._roster.agents]
 
     def refresh(self, *, force: bool = False) -> None:
-        """Heartbeats, and (when discovering) new agents: at most every ``discover_every_s``."""
-        now = time.monotonic()
-        self._check_probes(now)
-        self._check_heartbeats(now)
-        if not force and now - self._last_refresh < self.discover_every_s:
-            return
-        self._last_refresh = now
-        for agent in self._agents:
-            if agent.ping_ref is None:
-                agent.ping_ref, agent.ping_sent = agent.handle.ping.remote(), now
-        if self.discover:
-            self._discover(now)
+        """Heartbeats and discovery (at most every ``discover_every_s`` unless ``force``)."""
+        self._roster.refresh(force=force)
 
-    def _discover(self, now: float) -> None:
-        known = {a.name for a in self._agents} | set(self._probes)
-        names = named_agents(self.device_class)
-        for name in names:
-            text = str(name)
-            if text in known or self._ignored.get(text, 0.0) > now:
-                continue
-            handle = agent_handle(text)
-            if handle is not None:
-                self._probes[text] = _Probe(text, handle, handle.info.remote(), owned=False)
-        if any(p.owned for p in self._probes.values()):
-            return  # one creation at a time: its unit of the resource is not yet visible
-        for node_id, free in free_class_slots(self.device_class, names,
-                                              skip_managed=True).items():
-            if self._ignored.get(node_id, 0.0) > now:
-                continue
-            for _ in range(free):
-                self._create_on(node_id)
-
-    def _create_on(self, node_id: str) -> None:
-        from device_agents.ray_actor import create_agent
-
-        self._created += 1
-        used = sum(1 for n in named_agents(self.device_class) if n.node_id == node_id)
-        name = AgentName(self.device_class, node_id, f"s{os.getpid()}-{self._created}")
-        # pinned from the last core down, one per agent on the node (the device's own count)
-        handle = create_agent(name, threads=self.threads, cores=(-1 - used,),
-                              cache_dir=self.cache_dir)
-        self._probes[str(name)] = _Probe(str(name), handle, handle.info.remote(), owned=True)
-        log.info("created agent %s on node %s", name, node_id[:12])
-
-    def _check_probes(self, now: float) -> None:
-        import ray
-
-        if not self._probes:
-            return
-        ready, _ = ray.wait([p.ref for p in self._probes.values()],
-                            num_returns=len(self._probes), timeout=0)
-        done = {ref.hex() for ref in ready}
-        for name, probe in list(self._probes.items()):
-            if probe.ref.hex() in done:
-                del self._probes[name]
-                try:
-                    info = ray.get(probe.ref)
-                except Exception as exc:
-                    log.warning("agent %s did not answer: %s", name, type(exc).__name__)
-                    self._ignored[name] = now + 30.0
-                    continue
-                agent = _Agent(probe.handle, name, info["agent_id"], probe.owned, info)
-                self._agents.append(agent)
-                log.warning("agent %s of device class %r joined: host %s, cores %s",
-                            agent.agent_id, self.device_class, info.get("host"),
-                            info.get("cores"))
-                self._protect_builder()
-            elif now - probe.since > self.heartbeat_timeout_s:
-                del self._probes[name]
-                log.warning("agent %s did not start within %.0f s", name,
-                            self.heartbeat_timeout_s)
-                if probe.owned:  # pending: no node can host it now; try that node later
-                    with contextlib.suppress(Exception):
-                        ray.kill(probe.handle, no_restart=True)
-                    self._ignored[AgentName.parse(name).node_id] = now + 60.0  # type: ignore
-                self._ignored[name] = now + 60.0
-
-    def _check_heartbeats(self, now: float) -> None:
-        import ray
-
-        pinging = [a for a in self._agents if a.ping_ref is not None]
-        if not pinging:
-            return
-        ready, _ = ray.wait([a.ping_ref for a in pinging], num_returns=len(pinging), timeout=0)
-        done = {ref.hex() for ref in ready}
-        for agent in pinging:
-            if agent.ping_ref.hex() in done:
-                ref, agent.ping_ref = agent.ping_ref, None
-                try:
-                    ray.get(ref)
-                    agent.last_seen = now
-                except Exception as exc:
-                    self._lost(agent, f"died ({type(exc).__name__})")
-            elif now - agent.ping_sent > self.heartbeat_timeout_s:
-                self._lost(agent, f"sent no heartbeat for {self.heartbeat_timeout_s:.0f} s",
-                           kill=True)
-
-    def _protect_builder(self) -> None:
-        """Keep this process (the builder) off the cores of pinned agents on this host."""
-        if not self.discover or not hasattr(os, "sched_setaffinity"):
-            return
-        host = socket.gethostname()
-        taken = {c for a in self._agents if a.info.get("host") == host and a.info.get("pinned")
-                 for c in a.info.get("cores", ())}
-        rest = set(range(os.cpu_count() or 1)) - taken
-        if taken and rest:
-            os.sched_setaffinity(0, rest)
-
-    def _lost(self, agent: _Agent, why: str, *, kill: bool = False) -> None:
+    def _lost(self, agent: KnownAgent, why: str, kill: bool = False) -> None:
         """Drop an agent; its trial (if any) goes to another agent, or fails after its
         retries (collected by the next :meth:`poll`)."""
         import ray
 
-        if agent not in self._agents:
+        if not self._roster.drop(agent, kill=kill):
             return
         log.warning("agent %s of %s %s; removing it", agent.agent_id, self.device_class, why)
-        self._agents.remove(agent)
-        if kill:
-            with contextlib.suppress(Exception):
-                ray.kill(agent.handle, no_restart=True)
-        self._ignored[agent.name] = time.monotonic() + 30.0
         if agent.owned and self._local_factory is not None:  # a local pool replaces it
-            replacement = self._local_factory(len(self._agents) + 1)
+            replacement = self._local_factory(len(self._roster.agents) + 1)
             try:
                 info = ray.get(replacement.info.remote(), timeout=self.wait_for_agents_s)
-                self._agents.append(_Agent(replacement, info.get("actor_name", ""),
-                                           info["agent_id"], owned=True, info=info))
+                self._roster.add(replacement, info, owned=True)
             except Exception:
                 with contextlib.suppress(Exception):
                     ray.kill(replacement, no_restart=True)
@@ -363,9 +225,9 @@ class RayAgentPool:
 
         return ray.put(payload)
 
-    def _free_agents(self) -> list[_Agent]:
+    def _free_agents(self) -> list[KnownAgent]:
         busy = {id(job.agent) for job in self._busy.values()}
-        return [a for a in self._agents if id(a) not in busy]
+        return [a for a in self._roster.agents if id(a) not in busy]
 
     def free_slots(self) -> int:
         return max(len(self._free_agents()) - len(self._queue), 0)
@@ -380,7 +242,7 @@ class RayAgentPool:
             raise AgentUnavailableError(f"no free agent of device class {self.device_class!r}")
         self._start(_Job(key, request, None, None, 0.0, attempts, set(tried or ())), free)
 
-    def _start(self, job: _Job, free: list[_Agent]) -> None:
+    def _start(self, job: _Job, free: list[KnownAgent]) -> None:
         untried = [a for a in free if a.agent_id not in job.tried]
         agent = (untried or free)[0]
         job.agent, job.started = agent, time.monotonic()
@@ -406,7 +268,8 @@ class RayAgentPool:
                             "(device.wait_for_agents_s); start one on the device: %s",
                             deadline - now, self.device_class, where, self._start_hint())
             time.sleep(min(0.5, max(deadline - now, 0.0)))
-            self.refresh(force=now - self._last_refresh >= min(self.discover_every_s, 1.0))
+            self.refresh(force=now - self._roster.last_refresh >= min(self.discover_every_s,
+                                                                       1.0))
         return True
 
     def poll(self, timeout: float) -> list[Completed]:
@@ -442,7 +305,7 @@ class RayAgentPool:
         for job in list(self._busy.values()):
             if job.agent is not None and now - job.started > self.timeout_s:
                 self._lost(job.agent, f"timed out (hung for more than {self.timeout_s:.0f} s)",
-                           kill=True)
+                           True)
         done.extend(self._take_orphans())
         return done
 
@@ -454,7 +317,7 @@ class RayAgentPool:
         now = time.monotonic()
         for job in list(self._queue):
             free = self._free_agents()
-            if self._agents and not free:
+            if self._roster.agents and not free:
                 job.started = now  # agents exist, all busy: it waits its turn, no expiry
             elif free:
                 self._queue.remove(job)
@@ -479,24 +342,14 @@ class RayAgentPool:
         else:
             log.warning("%s; trial %s waits up to %.0f s for a free agent of device class %r"
                         "%s", reason, job.key, self.wait_for_agents_s, self.device_class,
-                        "" if self._agents else f" (start one: {self._start_hint()})")
+                        "" if self._roster.agents else f" (start one: {self._start_hint()})")
             job.agent, job.ref, job.started = None, None, time.monotonic()
             self._queue.append(job)
         return []
 
     def close(self) -> None:
         """Stop the agents this pool created; agents started on devices keep running."""
-        import ray
-
-        for agent in self._agents:
-            if agent.owned:
-                with contextlib.suppress(Exception):
-                    ray.kill(agent.handle, no_restart=True)
-        for probe in self._probes.values():
-            if probe.owned:
-                with contextlib.suppress(Exception):
-                    ray.kill(probe.handle, no_restart=True)
-        self._agents, self._probes = [], {}
+        self._roster.close()
 
 
 def _is_agent_loss(exc: BaseException) -> bool:
