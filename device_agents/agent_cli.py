@@ -35,6 +35,7 @@ from typing import Any
 
 from device_agents.agent_node import (
     RayNodeProcess,
+    check_reachable,
     enable_token_auth,
     parse_cores,
     plan_cores,
@@ -97,6 +98,8 @@ def connect(address: str | None) -> None:
         return
     enable_token_auth()
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    if target != "auto":
+        check_reachable(target)
     try:
         ray.init(address=target, namespace=AGENT_NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=False)
@@ -150,6 +153,7 @@ class AgentSupervisor:
         if source is None and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled":
             self.say(f"warning: no Ray auth token here; a head with token authentication "
                      f"(Ray's default) will refuse this node: {TOKEN_HINT}")
+        check_reachable(o.address)
         command = ray_start_command(o.address, o.device_class, o.agents, self.node_key,
                                     object_store_mb=o.object_store_mb, extra=o.ray_args)
         self.node = RayNodeProcess(command, self.cache_dir / "logs" /

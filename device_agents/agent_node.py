@@ -101,6 +101,23 @@ def token_source(token_file: Path | None = None) -> str | None:
     return str(DEFAULT_TOKEN_FILE) if DEFAULT_TOKEN_FILE.is_file() else None
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Raise :class:`AgentStartError` unless a TCP connection to ``HOST:PORT`` opens.
+
+    Ray itself retries an unreachable head for minutes without a word; this says it at once.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        raise AgentStartError(f"the Ray head at {address} is not reachable ({exc}); is `ray "
+                              f"start --head --port {port or 'PORT'}` running there, and is "
+                              f"the port open?") from None
+
+
 def enable_token_auth(token_file: Path | None = None) -> str | None:
     """Turn Ray's token mode on for this process and its children when a token is available.
 

@@ -75,8 +75,13 @@ def start_ray(address: str | None, *, num_cpus: int | None = None,
     if ray.is_initialized():
         return
     if address:
-        from device_agents.agent_node import enable_token_auth
+        from device_agents.agent_node import check_reachable, enable_token_auth
+        from device_agents.errors import AgentStartError
 
+        try:
+            check_reachable(address)  # Ray would retry an unreachable head for minutes
+        except AgentStartError as exc:
+            raise AgentUnavailableError(f"device.address: {exc}") from None
         enable_token_auth()  # an explicit address never turns Ray's token mode on by itself
         try:
             ray.init(address=address, namespace=AGENT_NAMESPACE, log_to_driver=False,

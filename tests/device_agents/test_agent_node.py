@@ -166,3 +166,20 @@ def test_the_device_side_command_reports_bad_input_the_same_way():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and done.stderr.startswith("error: --cores"), done.stderr
     assert issubclass(AgentStartError, DeviceAgentError)
+
+
+def test_an_unreachable_head_is_reported_at_once_not_retried_for_minutes():
+    closed = socket_port_closed()
+    for args in (["agent", "start", "--address", closed, "--device", "rpi4"],
+                 ["agents", "--address", closed]):
+        done = paretoedge(*args)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"error: the Ray head at {closed} is not reachable")
+
+
+def socket_port_closed() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"

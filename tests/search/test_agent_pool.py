@@ -136,3 +136,19 @@ def test_a_hung_agent_times_out_and_the_trial_fails_after_its_retries(ray_cluste
         assert "timed out" in done[0].error and "gave up after 1 attempt" in done[0].error
     finally:
         pool.close()
+
+
+def test_an_unreachable_device_address_fails_at_once_naming_the_field() -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("from search.agent_pool import start_ray\n"
+            "from search.errors import AgentUnavailableError\n"
+            "try:\n    start_ray('127.0.0.1:1')\n"
+            "except AgentUnavailableError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.stdout.startswith("device.address: the Ray head at 127.0.0.1:1 is not "
+                                  "reachable"), done.stdout + done.stderr
