@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,6 +65,7 @@ def head(tmp_path_factory):
         yield f"127.0.0.1:{port}", token, tmp
     finally:
         node.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
         if previous is None:
             ADDRESS_FILE.unlink(missing_ok=True)
         else:
