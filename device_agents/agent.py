@@ -72,13 +72,18 @@ class LocalDeviceAgent:
         self._eval_sets: dict[str, EvalSet] = {}
         self._lock = threading.Lock()
         self.measurements = 0
-        self.last_heartbeat = time.time()
+        #: payloads resolved (fetched through the object store) because the cache lacked them
+        self.eval_set_fetches = 0
+        self.bundle_fetches = 0
+        self.started = time.time()
+        self.last_heartbeat = self.started
 
     def eval_set_path(self, digest: str, payload: EvalSetPayload | Any) -> Path:
         """The eval set's file in the cache, written the first time its digest is seen."""
         path = self.cache_dir / "eval_sets" / f"{digest}.npz"
         if not path.is_file():
             loaded: EvalSetPayload = _resolve(payload)
+            self.eval_set_fetches += 1
             if loaded.digest != digest:
                 raise EvalSetError(f"eval set: payload digest {loaded.digest[:12]} does not "
                                    f"match the request's {digest[:12]}")
@@ -100,6 +105,7 @@ class LocalDeviceAgent:
         directory = self.cache_dir / "bundles" / request.bundle_digest
         if not (directory / "manifest.json").is_file():
             payload: BundlePayload = _resolve(request.bundle)
+            self.bundle_fetches += 1
             if payload.digest != request.bundle_digest:
                 raise MeasurementError("bundle payload digest does not match the request")
             payload.materialize(self.cache_dir / "bundles")
@@ -130,7 +136,7 @@ class LocalDeviceAgent:
                 "directory": str(directory), "eval_set": str(eval_path),
                 "protocol": request.protocol.to_dict(), "digest": request.bundle_digest,
                 "providers": list(self.providers), "agent_id": self.agent_id,
-                "cores": list(self.cores)}))
+                "cores": list(self.cores), "parent_pid": os.getpid()}))
             package_root = str(Path(__file__).resolve().parents[1])
             env = {**os.environ,
                    "PYTHONPATH": os.pathsep.join(p for p in (package_root,
@@ -146,15 +152,25 @@ class LocalDeviceAgent:
                 raise MeasurementError(f"measuring process failed: {why}")
             return pickle.loads(result.read_bytes())
 
+    def heartbeat(self) -> float:
+        """Record that the agent answered now; return the time."""
+        self.last_heartbeat = time.time()
+        return self.last_heartbeat
+
     def info(self) -> dict[str, Any]:
         """What ``paretoedge agents`` lists about this agent."""
+        import onnxruntime as ort
+
         fingerprint = device_fingerprint(self.threads, self.providers)
         return {"agent_id": self.agent_id, "device_class": self.device_class,
-                "host": fingerprint["host"], "cores": list(self.cores),
-                "cpu": fingerprint["cpu"], "onnxruntime": fingerprint["onnxruntime"],
-                "providers": list(self.providers), "threads": self.threads,
-                "measurements": self.measurements, "last_heartbeat": self.last_heartbeat,
-                "pid": os.getpid()}
+                "host": fingerprint["host"], "machine": fingerprint["machine"],
+                "cores": list(self.cores), "cpu": fingerprint["cpu"],
+                "onnxruntime": fingerprint["onnxruntime"], "providers": list(self.providers),
+                "available_providers": list(ort.get_available_providers()),
+                "threads": self.threads, "measurements": self.measurements,
+                "busy": self._lock.locked(), "eval_set_fetches": self.eval_set_fetches,
+                "bundle_fetches": self.bundle_fetches, "started": self.started,
+                "last_heartbeat": self.last_heartbeat, "pid": os.getpid()}
 
 
 class FakeAgent:

@@ -21,3 +21,7 @@ class EvalSetError(DeviceAgentError):
 
 class MeasurementError(DeviceAgentError):
     """A measurement could not be completed on this device."""
+
+
+class AgentStartError(DeviceAgentError):
+    """An agent could not join the cluster (bad option, unreachable head, refused token)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from device_agents.bundle import bundle_size_bytes
 from device_agents.cascade import CascadeRunner
+from device_agents.energy import EnergyMeter, open_counters
 from device_agents.eval_set import EvalSet
 from device_agents.protocol import LatencyStats, Measurement, MeasurementProtocol
 
@@ -31,14 +32,15 @@ def median_ci(sorted_ms: np.ndarray) -> tuple[float, float]:
     return float(sorted_ms[lo]), float(sorted_ms[hi])
 
 
-def latency_stats(samples_ms: np.ndarray, *, converged: bool) -> LatencyStats:
+def latency_stats(samples_ms: np.ndarray, *, converged: bool,
+                  cpu_share: float | None = None) -> LatencyStats:
     ordered = np.sort(samples_ms)
     p50, p90, p95, p99 = np.percentile(ordered, [50, 90, 95, 99])
     lo, hi = median_ci(ordered)
     return LatencyStats(mean_ms=float(ordered.mean()), std_ms=float(ordered.std(ddof=1)),
                         p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95),
                         p99_ms=float(p99), n=len(ordered), median_ci_low_ms=lo,
-                        median_ci_high_ms=hi, converged=converged)
+                        median_ci_high_ms=hi, converged=converged, cpu_share=cpu_share)
 
 
 def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray,
@@ -79,18 +81,6 @@ def _status_kb(key: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-class EnergyCounter:
-    """Package energy from Intel RAPL (microjoules) when the counter is readable, else None."""
-
-    PATH = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
-
-    def read_uj(self) -> int | None:
-        try:
-            return int(self.PATH.read_text())
-        except (OSError, ValueError):
-            return None
 
 
 def device_fingerprint(threads: int, providers: tuple[str, ...]) -> dict[str, Any]:
@@ -148,9 +138,10 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
     correct = predictions == eval_set.labels
 
     # Timing: rounds cycling through the eval set until the median's CI is tight.
-    energy = EnergyCounter()
-    energy_start = energy.read_uj()
+    energy = EnergyMeter(open_counters(providers))
+    energy.start()
     clock = time.perf_counter_ns
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     samples: list[int] = []
     converged = False
     k = 0
@@ -166,11 +157,14 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
             if hi - lo <= protocol.ci_rel_width * float(np.median(samples)):
                 converged = True
                 break
-    energy_end = energy.read_uj()
+    wall = time.perf_counter() - wall_start
+    cpu_share = min((time.process_time() - cpu_start) / (wall * protocol.threads), 1.0) \
+        if wall > 0 else None
+    energy_mj = energy.per_run_mj(len(samples))
+    energy.close()
     latency_ms = np.asarray(samples, dtype=np.float64) / 1e6
-    energy_mj = None
-    if energy_start is not None and energy_end is not None and energy_end >= energy_start:
-        energy_mj = (energy_end - energy_start) / 1000.0 / len(samples)
+    fingerprint = device_fingerprint(protocol.threads, providers)
+    fingerprint["energy_counters"] = energy.sources if energy_mj is not None else []
 
     return Measurement(
         bundle_digest=expected_digest or "",
@@ -178,10 +172,10 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
         n_eval=n,
         ece=expected_calibration_error(confidences, correct),
         exit_rates=tuple(float((exits == s).mean()) for s in range(runner.num_stages)),
-        latency=latency_stats(latency_ms, converged=converged),
+        latency=latency_stats(latency_ms, converged=converged, cpu_share=cpu_share),
         size_kb=bundle_size_bytes(runner.directory, runner.manifest) / 1024.0,
         peak_mem_mb=memory.peak_mb(),
-        fingerprint=device_fingerprint(protocol.threads, providers),
+        fingerprint=fingerprint,
         agent_id=agent_id,
         energy_mj=energy_mj,
         duration_s=time.perf_counter() - started,

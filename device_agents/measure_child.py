@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import sys
 from pathlib import Path
 
@@ -18,8 +19,24 @@ from device_agents.measure import measure_bundle
 from device_agents.protocol import MeasurementProtocol
 
 
+def die_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux to kill this process when the agent that started it dies (a killed agent
+    must not leave a measurement running on its core); exit at once if it is already gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        sys.exit(3)
+
+
 def main(job_path: str, result_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
+    die_with_parent(job.get("parent_pid"))
     if job.get("cores") and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(job["cores"]))
     eval_set = EvalSet.from_bytes(Path(job["eval_set"]).read_bytes())

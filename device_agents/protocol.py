@@ -66,6 +66,10 @@ class LatencyStats:
     median_ci_low_ms: float
     median_ci_high_ms: float
     converged: bool
+    #: CPU time of the measuring process over wall time x threads during timing: below about
+    #: 0.95 something else ran on its cores (a loaded machine, a shared core) and the numbers
+    #: describe that contention. None where not measured.
+    cpu_share: float | None = None
 
     @property
     def ci_rel_width(self) -> float:
@@ -105,6 +109,8 @@ class Measurement:
             "peak_mem_mb": self.peak_mem_mb,
             "ece": self.ece,
         }
+        if self.latency.cpu_share is not None:
+            out["latency_cpu_share"] = self.latency.cpu_share
         for k, rate in enumerate(self.exit_rates):
             out[f"exit_rate_{k}"] = rate
         if self.energy_mj is not None:

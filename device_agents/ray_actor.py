@@ -2,39 +2,63 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from device_agents.agent import LocalDeviceAgent
 from device_agents.protocol import Measurement, MeasureRequest
+from device_agents.registry import (
+    AGENT_NAMESPACE,
+    DEVICE_LABEL,
+    NODE_ID_LABEL,
+    AgentName,
+    device_resource,
+)
 
-#: Ray node label that names a node's device class (``ray start --labels=device-class=rpi4``).
-DEVICE_LABEL = "device-class"
-#: Namespace of the named agent actors, so that ``paretoedge agents`` can find them.
-AGENT_NAMESPACE = "paretoedge"
+__all__ = ["AGENT_NAMESPACE", "DEVICE_LABEL", "DeviceAgentActor", "create_agent",
+           "device_resource", "remote_agent_class", "resolve_cores"]
+
+#: Concurrent calls an agent actor accepts: ``measure`` holds a lock (one measurement at a
+#: time), so the others are ``ping`` and ``info``, answered while a measurement runs.
+MAX_CONCURRENCY = 4
 
 
-def device_resource(device_class: str) -> str:
-    """The custom resource a node of ``device_class`` advertises, one unit per agent slot."""
-    return f"device:{device_class}"
+def resolve_cores(cores: Sequence[int] | None, cpu_count: int | None = None) -> tuple[int, ...]:
+    """Core numbers, where a negative one counts from the last core (-1 is the last)."""
+    count = cpu_count or os.cpu_count() or 1
+    return tuple(sorted({c % count if c < 0 else c for c in cores or ()}))
 
 
 class DeviceAgentActor:
-    """Ray actor wrapper around :class:`LocalDeviceAgent` (created with ``ray.remote``)."""
+    """Ray actor wrapper around :class:`LocalDeviceAgent` (created with ``ray.remote``).
+
+    ``cores`` may count from the end (``(-1,)``: the last core of the machine it lands on),
+    for agents created from another machine that does not know the device's core count.
+    """
 
     def __init__(self, device_class: str, threads: int = 1, cores: tuple[int, ...] | None = None,
-                 cache_dir: str | None = None, agent_id: str | None = None) -> None:
-        self._agent = LocalDeviceAgent(device_class=device_class, threads=threads, cores=cores,
+                 cache_dir: str | None = None, agent_id: str | None = None,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        self._pinned = bool(cores)
+        self._agent = LocalDeviceAgent(device_class=device_class, threads=threads,
+                                       cores=resolve_cores(cores) or None,
                                        cache_dir=Path(cache_dir) if cache_dir else None,
-                                       agent_id=agent_id)
+                                       agent_id=agent_id, providers=tuple(providers))
 
     def measure(self, request: MeasureRequest) -> Measurement:
         return self._agent.measure(request)
 
     def info(self) -> dict[str, Any]:
-        return self._agent.info()
+        import ray
+
+        context = ray.get_runtime_context()
+        return {**self._agent.info(), "node_id": context.get_node_id(),
+                "pinned": self._pinned, "actor_name": context.get_actor_name() or ""}
 
     def ping(self) -> str:
+        self._agent.heartbeat()
         return self._agent.agent_id
 
 
@@ -42,4 +66,30 @@ def remote_agent_class() -> Any:
     """The Ray actor class (imports ray lazily)."""
     import ray
 
-    return ray.remote(max_restarts=0, max_task_retries=0)(DeviceAgentActor)
+    return ray.remote(max_restarts=0, max_task_retries=0,
+                      max_concurrency=MAX_CONCURRENCY)(DeviceAgentActor)
+
+
+def create_agent(name: AgentName, *, threads: int = 1, cores: Sequence[int] | None = None,
+                 cache_dir: str | None = None, detached: bool = False,
+                 node_labels: Mapping[str, str] | None = None,
+                 resources: Mapping[str, float] | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
+    """Start an agent actor called ``name`` and return its handle (it may still be pending).
+
+    It holds one unit of its class's resource and no CPU (it is pinned to its own cores), on
+    the node whose labels match ``node_labels`` (by default: the node named in ``name``).
+    A placement no node can satisfy leaves the actor pending: wait on ``ping`` with a timeout.
+    """
+    selector = dict(node_labels) if node_labels is not None else {NODE_ID_LABEL: name.node_id}
+    options: dict[str, Any] = {
+        "name": str(name), "namespace": AGENT_NAMESPACE, "num_cpus": 0,
+        "resources": dict(resources) if resources is not None else
+        {device_resource(name.device_class): 1},
+        "lifetime": "detached" if detached else None,
+    }
+    if selector:
+        options["label_selector"] = selector
+    return remote_agent_class().options(**options).remote(
+        name.device_class, threads, tuple(cores) if cores else None, cache_dir,
+        None, tuple(providers))

@@ -250,6 +250,12 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
         console.print(f"exported to: {exported}")
 
 
+# `paretoedge agent start` and `paretoedge agents` (issue 6)
+from search.agent_commands import register_agent_commands  # noqa: E402
+
+register_agent_commands(app, _guard)
+
+
 def main() -> None:
     app()
 

@@ -42,9 +42,16 @@ class DeviceConfig(_Strict):
     class_: str = Field("local", alias="class", pattern=r"^[A-Za-z0-9_.-]+$")
     agents: int = Field(1, ge=1, le=64, description="local agents to start (no address)")
     threads: int = Field(1, ge=1, le=256)
-    address: str | None = Field(None, description="HOST:PORT of a running Ray head; None "
-                                                  "starts a local cluster")
-    wait_for_agents_s: float = Field(120.0, gt=0)
+    address: str | None = Field(None, pattern=r"^[^\s:/]+:\d+$",
+                                description="HOST:PORT of a running Ray head whose agents "
+                                            "measure (paretoedge agent start); None starts a "
+                                            "local cluster with `agents` local agents")
+    wait_for_agents_s: float = Field(120.0, gt=0, description="how long trials wait for an "
+                                                              "agent of the class to be free")
+    discover_every_s: float = Field(5.0, gt=0, le=600, description="how often the study "
+                                    "looks for agents that joined and pings the ones it has")
+    heartbeat_timeout_s: float = Field(60.0, gt=0, description="an agent silent this long is "
+                                       "dropped and its trial goes to another agent")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

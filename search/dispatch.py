@@ -31,6 +31,10 @@ class Dispatcher(Protocol):
 
     def in_flight(self) -> int: ...
 
+    def wait_for_free_slot(self, timeout: float | None = None) -> bool:
+        """Wait (saying why) until an agent is free; ``False`` when none came in time."""
+        ...
+
     def share(self, payload: object) -> object:
         """Make a large payload (the eval set) available to every agent once."""
         ...
@@ -50,6 +54,9 @@ class InlineDispatcher:
 
     def in_flight(self) -> int:
         return len(self._done)
+
+    def wait_for_free_slot(self, timeout: float | None = None) -> bool:
+        return True
 
     def share(self, payload: object) -> object:
         return payload

@@ -101,13 +101,14 @@ def default_dispatcher(config: StudyConfig, workspace: Workspace) -> Dispatcher:
     from search.agent_pool import RayAgentPool
 
     d, m = config.device, config.measurement
-    if d.address:
-        raise SearchError("device.address: joining a remote cluster is not supported yet; "
-                          "leave it empty to start local agents")
+    common = {"timeout_s": m.timeout_s, "retries": m.retries,
+              "wait_for_agents_s": d.wait_for_agents_s}
+    if d.address:  # agents of the class in a running cluster (paretoedge agent start)
+        return RayAgentPool.connect(d.address, d.class_, threads=d.threads,
+                                    discover_every_s=d.discover_every_s,
+                                    heartbeat_timeout_s=d.heartbeat_timeout_s, **common)
     return RayAgentPool.start_local(d.class_, d.agents, threads=d.threads,
-                                    cache_dir=str(workspace.cache / "agent"),
-                                    timeout_s=m.timeout_s, retries=m.retries,
-                                    wait_for_agents_s=d.wait_for_agents_s)
+                                    cache_dir=str(workspace.cache / "agent"), **common)
 
 
 class StudyRunner:
@@ -399,7 +400,8 @@ class StudyRunner:
                     self._interrupt(pending)
                 self._ready = []
             self._dispatch_ready(dispatcher, eval_digest, eval_ref)
-            if self._ready and not self._pending and dispatcher.free_slots() == 0:
+            if self._ready and not self._pending and dispatcher.free_slots() == 0 and \
+                    not dispatcher.wait_for_free_slot():  # waits device.wait_for_agents_s
                 for pending in self._ready:  # every agent is gone: fail rather than wait
                     self._fail(pending, "no agent of the device class is available")
                 self._ready = []

@@ -35,6 +35,10 @@ CHILD = textwrap.dedent('''
     import device_agents
     import device_agents.measure_child
     import device_agents.ray_actor
+    import device_agents.agent_cli
+    import device_agents.agent_node
+    import device_agents.energy
+    import device_agents.registry
     from device_agents import (
         BundlePayload, CascadeRunner, EvalSet, EvalSetPayload, LocalDeviceAgent,
         MeasurementProtocol, MeasureRequest,
@@ -57,6 +61,8 @@ CHILD = textwrap.dedent('''
         bundle_digest=digest, bundle=BundlePayload.from_directory(bundle),
         eval_set_digest=payload.digest, eval_set=payload, protocol=protocol))
 
+    parser_ok = device_agents.agent_cli.build_parser().parse_args(
+        ["start", "--address", "h:1", "--device", "rpi4"]).device == "rpi4"
     torch_loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
     try:
         import torch  # noqa: F401
@@ -67,7 +73,9 @@ CHILD = textwrap.dedent('''
         "early": [early.label, early.exit_index], "late": [late.label, late.exit_index],
         "accuracy": measured.accuracy, "exit_rates": list(measured.exit_rates),
         "agent_accuracy": by_agent.accuracy, "torch_modules": torch_loaded,
-        "blocked": blocked,
+        "blocked": blocked, "parser_ok": parser_ok,
+        "heavy": sorted(m for m in ("typer", "optuna", "mlflow", "spaces", "search")
+                        if m in sys.modules),
     }))
 ''')
 
@@ -97,3 +105,5 @@ def test_device_agents_run_and_measure_without_torch(tmp_path, make_bundle, casc
     assert result["accuracy"] == 0.75
     assert result["exit_rates"] == [0.25, 0.75]
     assert result["agent_accuracy"] == 0.75
+    # `python -m device_agents.agent_cli` works on a board with only the agent's dependencies
+    assert result["parser_ok"] is True and result["heavy"] == []

@@ -175,6 +175,8 @@ def test_measure_bundle_on_a_tiny_bundle(make_bundle, cascade, fast_protocol):
         assert name in metrics
     assert metrics["exit_rate_0"] == pytest.approx(0.4)
     assert ("energy_mj" in metrics) == (m.energy_mj is not None)
+    # the share of the timing the measuring process really ran (contention shows as < 1)
+    assert 0.0 < stats.cpu_share <= 1.0 and metrics["latency_cpu_share"] == stats.cpu_share
 
 
 def test_measure_bundle_ece_matches_the_predictions(make_bundle, cascade, fast_protocol):

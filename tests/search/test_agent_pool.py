@@ -107,9 +107,9 @@ def test_a_killed_agent_hands_its_trial_to_another(ray_cluster, tmp_path, eval_p
                                        max_runs=200_000, round_runs=1000, ci_rel_width=1e-9)
         pool.submit(7, request(payload, eval_payload, ref, protocol, 7))
         (job,) = pool._busy.values()
-        victim = pool._agent_id(job.agent)
+        victim = job.agent.agent_id
         time.sleep(1.0)
-        ray.kill(job.agent, no_restart=True)
+        ray.kill(job.agent.handle, no_restart=True)
         done = collect(pool, 1, limit_s=300)
         assert len(done) == 1
         (result,) = done
@@ -136,3 +136,19 @@ def test_a_hung_agent_times_out_and_the_trial_fails_after_its_retries(ray_cluste
         assert "timed out" in done[0].error and "gave up after 1 attempt" in done[0].error
     finally:
         pool.close()
+
+
+def test_an_unreachable_device_address_fails_at_once_naming_the_field() -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("from search.agent_pool import start_ray\n"
+            "from search.errors import AgentUnavailableError\n"
+            "try:\n    start_ray('127.0.0.1:1')\n"
+            "except AgentUnavailableError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.stdout.startswith("device.address: the Ray head at 127.0.0.1:1 is not "
+                                  "reachable"), done.stdout + done.stderr

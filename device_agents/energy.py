@@ -1,0 +1,171 @@
+"""Energy per inference, only from counters the hardware really has: RAPL and NVML.
+
+Nothing is estimated: where no counter is readable the energy is absent (``None``).
+
+- RAPL (Intel, and AMD Zen on Linux >= 5.8): the package counters under
+  ``/sys/class/powercap/intel-rapl:N/energy_uj``, microjoules, wrapping at
+  ``max_energy_range_uj``. Recent kernels make them readable by root only.
+- NVML (NVIDIA GPUs, Volta and later): ``nvmlDeviceGetTotalEnergyConsumption``, millijoules
+  since the driver loaded. Used only when the measurement runs on a GPU provider and the
+  ``pynvml`` module (``pip install nvidia-ml-py``) is installed; it is never required.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+#: Execution providers that run on an NVIDIA GPU, whose energy NVML can count.
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+POWERCAP = Path("/sys/class/powercap")
+
+
+class EnergyCounter(Protocol):
+    """Monotonic energy counters: ``read()`` gives raw values (one per domain), ``None`` when
+    unreadable; ``span_mj`` turns two readings into millijoules."""
+
+    name: str
+
+    def read(self) -> tuple[float, ...] | None: ...
+
+    def span_mj(self, start: tuple[float, ...], end: tuple[float, ...]) -> float:
+        """Energy between two readings, allowing for one wrap-around of each counter (NaN
+        when a counter went backwards with no known range)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RaplCounter:
+    """The sum of the RAPL package domains (``intel-rapl:N``, not their sub-domains)."""
+
+    domains: tuple[Path, ...]
+    name: str = "rapl"
+
+    @classmethod
+    def open(cls, root: Path = POWERCAP) -> RaplCounter | None:
+        """The readable package domains under ``root``, or ``None`` when there is none."""
+        try:
+            candidates = sorted(p for p in root.iterdir()
+                                if re.fullmatch(r"intel-rapl:\d+", p.name))
+        except OSError:
+            return None
+        domains = tuple(p for p in candidates if _read_int(p / "energy_uj") is not None)
+        return cls(domains) if domains else None
+
+    def read(self) -> tuple[float, ...] | None:
+        values = [_read_int(d / "energy_uj") for d in self.domains]
+        if any(v is None for v in values):
+            return None
+        return tuple(float(v) for v in values if v is not None)
+
+    def span_mj(self, start: tuple[float, ...], end: tuple[float, ...]) -> float:
+        total_uj = 0.0
+        for domain, a, b in zip(self.domains, start, end, strict=True):
+            if b >= a:
+                total_uj += b - a
+                continue
+            wrap = _read_int(domain / "max_energy_range_uj") or 0
+            if wrap <= 0:
+                return float("nan")
+            total_uj += b + wrap - a
+        return total_uj / 1000.0
+
+
+@dataclass(frozen=True)
+class NvmlCounter:
+    """Total energy of one NVIDIA GPU from NVML (millijoules)."""
+
+    nvml: Any
+    handle: Any
+    name: str = "nvml"
+
+    @classmethod
+    def open(cls, index: int = 0) -> NvmlCounter | None:
+        """GPU ``index`` when pynvml is installed and the GPU reports its energy, else None."""
+        try:
+            import pynvml  # optional: nvidia-ml-py
+        except ImportError:
+            return None
+        try:
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # NotSupported before Volta
+        except Exception:
+            return None
+        return cls(pynvml, handle)
+
+    def read(self) -> tuple[float, ...] | None:
+        try:
+            return (float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)),)
+        except Exception:
+            return None
+
+    def span_mj(self, start: tuple[float, ...], end: tuple[float, ...]) -> float:
+        return end[0] - start[0] if end[0] >= start[0] else float("nan")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def open_counters(providers: Sequence[str]) -> list[EnergyCounter]:
+    """The counters that can measure a run on ``providers`` on this machine (maybe none)."""
+    counters: list[EnergyCounter] = []
+    rapl = RaplCounter.open()
+    if rapl is not None:
+        counters.append(rapl)
+    if GPU_PROVIDERS & set(providers):
+        nvml = NvmlCounter.open()
+        if nvml is not None:
+            counters.append(nvml)
+    return counters
+
+
+class EnergyMeter:
+    """Reads every available counter around a timed region.
+
+    Example:
+        >>> meter = EnergyMeter(open_counters(["CPUExecutionProvider"]))
+        >>> meter.start()
+        >>> ...  # run the model ``runs`` times
+        >>> meter.per_run_mj(runs)  # None where no counter exists  # doctest: +SKIP
+    """
+
+    def __init__(self, counters: Sequence[EnergyCounter]) -> None:
+        self.counters = list(counters)
+        self._start: list[tuple[float, ...] | None] = []
+
+    @property
+    def sources(self) -> list[str]:
+        return [c.name for c in self.counters]
+
+    def start(self) -> None:
+        self._start = [c.read() for c in self.counters]
+
+    def per_run_mj(self, runs: int) -> float | None:
+        """Energy per run over the region since :meth:`start`, or ``None`` if unmeasured."""
+        if not self.counters or runs <= 0:
+            return None
+        total = 0.0
+        for counter, start in zip(self.counters, self._start, strict=True):
+            end = counter.read()
+            if start is None or end is None:
+                return None
+            span = counter.span_mj(start, end)
+            if not span >= 0:  # NaN: the counter went backwards and cannot be trusted
+                return None
+            total += span
+        return total / runs
+
+    def close(self) -> None:
+        for counter in self.counters:
+            if isinstance(counter, NvmlCounter):
+                with contextlib.suppress(Exception):
+                    counter.nvml.nvmlShutdown()
