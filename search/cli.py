@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -24,13 +24,13 @@ WorkdirOption = Annotated[Path, typer.Option("--workdir", help="Where studies, b
                                                                 "mlflow.db live.")]
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     optuna = "optuna"
     mlflow = "mlflow"
 
