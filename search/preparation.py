@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.config import StudyConfig
+from search.quantization_setup import layer_groups, quant_settings, quantization_space
 from spaces import (
     BuildSettings,
     CandidateBuilder,
@@ -14,8 +15,6 @@ from spaces import (
     ExitSpace,
     ModelError,
     PruningSpace,
-    QuantizationSpace,
-    QuantSettings,
     SearchSpace,
     TrainedModel,
     TrainSettings,
@@ -49,7 +48,7 @@ def load_data(config: StudyConfig) -> DataSplits:
 
 
 def build_settings(config: StudyConfig) -> BuildSettings:
-    q, p = config.quantization, config.pruning
+    p = config.pruning
     return BuildSettings(
         finetune=TrainSettings(epochs=p.finetune.epochs, lr=p.finetune.lr,
                                batch_size=config.model.train.batch_size,
@@ -57,9 +56,7 @@ def build_settings(config: StudyConfig) -> BuildSettings:
                                distill_alpha=p.finetune.distill_alpha,
                                distill_temperature=p.finetune.distill_temperature,
                                seed=config.model.train.seed),
-        quant=QuantSettings(activation_type=q.activation_type, weight_type=q.weight_type,
-                            per_channel=q.per_channel, method=q.method,
-                            calibration_samples=q.calibration_samples),
+        quant=quant_settings(config),
         prune_importance=p.importance, round_to=p.round_to,
         confidence=config.early_exit.confidence)
 
@@ -67,8 +64,7 @@ def build_settings(config: StudyConfig) -> BuildSettings:
 def search_space(config: StudyConfig, builder: CandidateBuilder) -> SearchSpace:
     e = config.early_exit
     return SearchSpace(
-        quantization=QuantizationSpace(groups=builder.groups,
-                                       precisions=tuple(config.quantization.precisions)),
+        quantization=quantization_space(config, builder),
         pruning=PruningSpace(ratio_max=config.pruning.ratio_max,
                              ratio_step=config.pruning.ratio_step),
         exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=e.enabled,
@@ -77,6 +73,8 @@ def search_space(config: StudyConfig, builder: CandidateBuilder) -> SearchSpace:
 
 def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
     """Load the data, train (or load) the fp32 model, and set up the builder and space."""
+    import torch
+
     data = load_data(config)
     factory = load_reference(config.model.factory, config.base_dir)
     if not callable(factory):
@@ -90,7 +88,9 @@ def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
     log.info("fp32 model %s (validation accuracy per exit %s)",
              "loaded from cache" if trained.from_cache else "trained",
              ", ".join(f"{a:.4f}" for a in trained.exit_accuracies))
+    example = torch.from_numpy(data.preprocess(data.train_x[:1]))
     builder = CandidateBuilder(trained=trained, data=data, cache_dir=cache_dir,
-                               settings=build_settings(config))
+                               settings=build_settings(config),
+                               groups=layer_groups(config, trained.fresh(), example))
     space = search_space(config, builder)
     return Prepared(data=data, trained=trained, builder=builder, space=space)

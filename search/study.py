@@ -26,6 +26,7 @@ from search.objectives import constraint_values, objective_values, trial_metrics
 from search.pareto import ParetoFront
 from search.preparation import Prepared, prepare
 from search.records import OBJECTIVES, TrialRecord, record_from_trial
+from search.sensitivity_command import seed_study
 from search.tracking import MlflowTracker, NullTracker, Tracker
 from search.workspace import Workspace, open_storage
 from spaces import BuildError, BuiltBundle, Candidate
@@ -273,6 +274,7 @@ class StudyRunner:
             eval_payload = EvalSetPayload.from_eval_set(prepared.data.test_set())
             eval_ref = dispatcher.share(eval_payload)
             self._run_baseline(prepared, dispatcher, eval_payload.digest, eval_ref)
+            seed_study(self._study, prepared, self.config, self.workspace, self.console)
             stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref,
                                      options.trials, deadline)
         except KeyboardInterrupt:

@@ -36,7 +36,7 @@ def gemm_to_matmul(model, names: Collection[str]) -> list[str]:
     from onnx import helper, numpy_helper
 
     initializers = _initializers(model)
-    nodes, matmuls = [], []
+    nodes, matmuls, replaced = [], [], set()
     for node in model.graph.node:
         if node.op_type != "Gemm" or node.name not in names:
             nodes.append(node)
@@ -48,6 +48,7 @@ def gemm_to_matmul(model, names: Collection[str]) -> list[str]:
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
         weight = (weight.T if attrs.get("transB", 0) else weight) * float(attrs.get("alpha", 1.0))
         weight_name = f"{node.input[1]}_matmul_{len(matmuls)}"
+        replaced.update(i for i in node.input[1:] if i in initializers)
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight),
                                                                weight_name))
         has_bias = len(node.input) > 2 and node.input[2]
@@ -68,6 +69,10 @@ def gemm_to_matmul(model, names: Collection[str]) -> list[str]:
                                           name=f"{node.name}_Add"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input} | \
+        {out.name for out in model.graph.output}
+    for name in replaced - used:  # the Gemm's original weight (and a bias scaled by beta)
+        model.graph.initializer.remove(initializers[name])
     return matmuls
 
 
