@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.config import StudyConfig
-from search.quantization_setup import layer_groups, quant_settings, quantization_space
+from search.quantization_setup import (
+    check_quantization,
+    layer_groups,
+    quant_settings,
+    quantization_space,
+)
 from spaces import (
     BuildSettings,
     CandidateBuilder,
@@ -18,6 +23,7 @@ from spaces import (
     SearchSpace,
     TrainedModel,
     TrainSettings,
+    build_untrained,
     load_reference,
     train_or_load_baseline,
 )
@@ -64,7 +70,7 @@ def build_settings(config: StudyConfig) -> BuildSettings:
 def search_space(config: StudyConfig, builder: CandidateBuilder) -> SearchSpace:
     e = config.early_exit
     return SearchSpace(
-        quantization=quantization_space(config, builder),
+        quantization=quantization_space(config, builder.operators()),
         pruning=PruningSpace(ratio_max=config.pruning.ratio_max,
                              ratio_step=config.pruning.ratio_step),
         exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=e.enabled,
@@ -79,6 +85,8 @@ def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
     factory = load_reference(config.model.factory, config.base_dir)
     if not callable(factory):
         raise ModelError(f"model.factory {config.model.factory!r} is not callable")
+    example = torch.from_numpy(data.preprocess(data.train_x[:1]))
+    check_quantization(config, build_untrained(factory, data), example)  # fail before training
     t = config.model.train
     settings = TrainSettings(epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
                              batch_size=t.batch_size, seed=t.seed)
@@ -88,7 +96,6 @@ def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
     log.info("fp32 model %s (validation accuracy per exit %s)",
              "loaded from cache" if trained.from_cache else "trained",
              ", ".join(f"{a:.4f}" for a in trained.exit_accuracies))
-    example = torch.from_numpy(data.preprocess(data.train_x[:1]))
     builder = CandidateBuilder(trained=trained, data=data, cache_dir=cache_dir,
                                settings=build_settings(config),
                                groups=layer_groups(config, trained.fresh(), example))

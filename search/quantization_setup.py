@@ -4,6 +4,7 @@ and the quantization space (which precisions each group is offered)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from search.config import StudyConfig
@@ -12,7 +13,7 @@ from search.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from spaces import CandidateBuilder, QuantizationSpace, QuantSettings, StagedModel
+    from spaces import QuantizationSpace, QuantSettings, StagedModel
     from spaces.layer_groups import LayerGroups
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,20 @@ def layer_groups(config: StudyConfig, model: StagedModel, example: torch.Tensor)
         raise ConfigError(str(exc)) from exc
 
 
-def quantization_space(config: StudyConfig, builder: CandidateBuilder) -> QuantizationSpace:
-    """Each group's choices: the configured precisions its operators can execute.
+def check_quantization(config: StudyConfig, model: StagedModel,
+                       example: torch.Tensor) -> None:
+    """Raise :class:`ConfigError` for bad groups or precisions, from the architecture alone
+    (before the fp32 model is trained)."""
+    from spaces.layer_groups import operators_by_group
+
+    groups = layer_groups(config, model, example)
+    quantization_space(config, operators_by_group(model, example, groups))
+
+
+def quantization_space(config: StudyConfig, operators: Mapping[str, Sequence[str]]
+                       ) -> QuantizationSpace:
+    """Each group's choices: the configured precisions its operators (group -> compute op
+    types, e.g. ``CandidateBuilder.operators()``) can execute.
 
     A precision named for a group in ``group_precisions`` that the group cannot execute is a
     :class:`ConfigError` naming the group and its operators.
@@ -68,7 +81,6 @@ def quantization_space(config: StudyConfig, builder: CandidateBuilder) -> Quanti
     from spaces.quantization_space import UnsupportedPrecisionError, describe_operators
 
     q = config.quantization
-    operators = builder.operators()
     try:
         space = QuantizationSpace.for_operators(operators, precisions=tuple(q.precisions),
                                                 overrides=q.group_precisions)

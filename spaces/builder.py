@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from spaces.candidate import Candidate, stable_key
 from spaces.data import DataSplits
 from spaces.errors import BuildError
 from spaces.export import INPUT_NAME, export_model
-from spaces.layer_groups import FULL, LayerGroups, assign_nodes, group_operators, stage_groups
+from spaces.layer_groups import FULL, LayerGroups, operators_by_group, stage_groups
 from spaces.mixed_precision import quantize_graph, runtime_disabled_optimizers
 from spaces.pruning import prune_model, replay_pruning
 from spaces.quantize import QuantSettings, fusion_report
@@ -148,22 +147,10 @@ class CandidateBuilder:
 
     # -- layer groups -------------------------------------------------------------------------
     def operators(self) -> dict[str, tuple[str, ...]]:
-        """The compute operators (Conv, Gemm, MatMul) of each layer group, exits included: what
-        decides which precisions a group can run. Read from the exported fp32 cascade."""
+        """The compute operators of each layer group (what decides the precisions it runs)."""
         if self._operators is None:
-            import onnx
-
-            model = self.trained.fresh()
-            found: dict[str, list[str]] = {name: [] for name in self.groups}
-            with tempfile.TemporaryDirectory() as tmp:
-                paths = export_model(model, self.example, Path(tmp), cascade=True)
-                for k, path in enumerate(paths):
-                    nodes = onnx.load(str(path)).graph.node
-                    assignment = assign_nodes(nodes, self.layer_groups, kind=k,
-                                              num_stages=self.num_stages)
-                    for group, ops in group_operators(nodes, assignment).items():
-                        found[group].extend(ops)
-            self._operators = {name: tuple(ops) for name, ops in found.items()}
+            self._operators = operators_by_group(self.trained.fresh(), self.example,
+                                                 self.layer_groups)
         return dict(self._operators)
 
     # -- export + quantize --------------------------------------------------------------------

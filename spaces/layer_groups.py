@@ -197,19 +197,18 @@ def assign_nodes(nodes: Iterable, groups: LayerGroups, *, kind: int,
     """Group of every node of a (topologically sorted) ONNX graph, by node name."""
     assigned: dict[str, str | None] = {}
     producer_group: dict[str, str | None] = {}
-    producer_op: dict[str, tuple[str, str]] = {}
+    producer_op: dict[str, str] = {}
     for node in nodes:
         group = groups.group_of(model_path(scope_path(node.name), kind, num_stages))
         sources = [i for i in node.input if i in producer_group]
-        if node.op_type in ACTIVATION_OPS and sources and \
-                producer_op[sources[0]][0] in COMPUTE_OPS:
-            group = producer_group[sources[0]]
-        elif group is None and sources:
+        follows = node.op_type in ACTIVATION_OPS and producer_op.get(
+            sources[0] if sources else "", "") in COMPUTE_OPS
+        if sources and (follows or group is None):
             group = producer_group[sources[0]]
         assigned[node.name] = group
         for out in node.output:
             producer_group[out] = group
-            producer_op[out] = (node.op_type, node.name)
+            producer_op[out] = node.op_type
     return assigned
 
 
@@ -221,3 +220,25 @@ def group_operators(nodes: Iterable, assignment: Mapping[str, str | None]) -> di
         if group is not None and node.op_type in COMPUTE_OPS:
             found.setdefault(group, []).append(node.op_type)
     return found
+
+
+def operators_by_group(model: StagedModel, example: torch.Tensor,
+                       groups: LayerGroups) -> dict[str, tuple[str, ...]]:
+    """The compute operators (Conv, Gemm, MatMul) of each group, exit heads included: what
+    decides which precisions a group can run. Read from the model exported as a cascade (which
+    holds every layer once); needs only the architecture, not trained weights."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+
+    from spaces.export import export_model
+
+    found: dict[str, list[str]] = {name: [] for name in groups.names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, path in enumerate(export_model(model, example, Path(tmp), cascade=True)):
+            nodes = onnx.load(str(path)).graph.node
+            assignment = assign_nodes(nodes, groups, kind=k, num_stages=model.num_stages)
+            for group, ops in group_operators(nodes, assignment).items():
+                found[group].extend(ops)
+    return {name: tuple(ops) for name, ops in found.items()}

@@ -145,7 +145,7 @@ def exported(trained, example: torch.Tensor, tmp_path_factory) -> dict[str, list
 def test_every_node_of_every_graph_gets_a_group(exported, example: torch.Tensor) -> None:
     model: StagedModel = tiny_model()
     groups = auto_groups(model, example)
-    graphs = [(FULL, exported["full"][0])] + list(enumerate(exported["cascade"]))
+    graphs = [(FULL, exported["full"][0]), *enumerate(exported["cascade"])]
     seen: dict[str, list[str]] = {}
     for kind, path in graphs:
         nodes = onnx.load(str(path)).graph.node

@@ -67,7 +67,7 @@ def test_naming_an_unrunnable_precision_is_an_error_naming_group_and_operators()
 
 
 def test_unknown_group_in_overrides() -> None:
-    with pytest.raises(SpaceError, match="group_precisions.nope: no such layer group"):
+    with pytest.raises(SpaceError, match=r"group_precisions\.nope: no such layer group"):
         QuantizationSpace.for_operators(OPERATORS, overrides={"nope": ["int8"]})
 
 
