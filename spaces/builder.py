@@ -25,6 +25,7 @@ from spaces.export import INPUT_NAME, export_model
 from spaces.layer_groups import FULL, LayerGroups, operators_by_group, stage_groups
 from spaces.mixed_precision import quantize_graph, runtime_disabled_optimizers
 from spaces.pruning import prune_model, replay_pruning
+from spaces.quantization_space import UnsupportedPrecisionError, why_not_runnable
 from spaces.quantize import QuantSettings, fusion_report
 from spaces.staged_model import StagedModel
 from spaces.temperature import fit_temperatures
@@ -161,6 +162,12 @@ class CandidateBuilder:
         if len(quantization) != len(self.groups):
             raise BuildError(f"candidate has {len(quantization)} precisions for "
                              f"{len(self.groups)} layer groups {list(self.groups)}")
+        operators = self.operators()
+        for group, precision in zip(self.groups, quantization, strict=True):
+            why = why_not_runnable(precision, operators[group])
+            if why:
+                raise BuildError(str(UnsupportedPrecisionError(group, precision,
+                                                               operators[group], why)))
         key = stable_key("graphs", pruned.key, list(quantization), cascade,
                          self.settings.quant.to_dict(), self.layer_groups.to_dict())
         directory = self.cache_dir / "graphs" / key

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from device_agents import CascadeRunner, verify_bundle
-from spaces import Candidate, CandidateBuilder, DataSplits
+from spaces import BuildError, Candidate, CandidateBuilder, DataSplits
 from spaces.layer_groups import auto_groups
 from spaces.quantize import RUNTIME_DISABLED_OPTIMIZERS, optimized_graph
 
@@ -158,3 +158,9 @@ def test_cascade_quantizes_groups_inside_each_stage(grouped, bundles) -> None:
     stage2 = _graph(built, "stage2.onnx")
     assert "MatMulNBits" in _ops(stage2) and "Conv" in _ops(stage2)
     assert "QuantizeLinear" not in _ops(stage2)
+
+
+def test_a_precision_the_group_cannot_run_is_a_build_error(grouped, bundles) -> None:
+    with pytest.raises(BuildError, match=r"layer group 'stage2' \(operators: Conv x1\) cannot "
+                                         r"run int4_wo"):
+        _build(grouped, bundles, "fp32", "fp32", "int4_wo", "fp32")
