@@ -219,9 +219,7 @@ def sensitivity(config: Annotated[Path, typer.Argument(help="Experiment YAML.")]
     cfg = load_config(config)
     report, seeds = run_sensitivity(cfg, Workspace(workdir.resolve(), cfg.study),
                                     samples=samples, console=console)
-    console.print(sensitivity_table(report, seeds, f"Quantization sensitivity of {cfg.study} "
-                                    f"(fp32 accuracy {report.baseline_accuracy:.4f} on "
-                                    f"{report.samples} {report.split} samples)"))
+    console.print(sensitivity_table(report, f"Quantization sensitivity of {cfg.study}"))
     console.print("mixed configurations it suggests (seeds): "
                   + ("; ".join("/".join(q) for q in seeds) or "none"))
 
