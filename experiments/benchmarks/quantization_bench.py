@@ -97,6 +97,11 @@ def bench_model(model: str, args: argparse.Namespace, console: Any) -> dict[str,
     workspace = Workspace(workdir, config.study)
     workspace.create()
     copy_baseline(getattr(args, f"{model}_baseline"), workspace.cache)
+    if model == "fashion" and not args.allow_training and \
+            not any((workspace.cache / "baseline").glob("*.pt")):
+        raise SystemExit(f"no trained reference model in {args.fashion_baseline}/baseline or "
+                         f"{workspace.cache}/baseline (training it takes hours on 2 busy "
+                         f"cores); pass --fashion-baseline DIR or --allow-training")
     started = time.perf_counter()
     prepared = prepare(config, workspace.cache)
     console.print(f"[bold]{model}[/bold]: fp32 model "
@@ -194,6 +199,8 @@ def main() -> int:
     parser.add_argument("--fashion-baseline", type=Path, default=Path("/work/refruns/cache"),
                         help="a cache dir whose baseline/ holds the trained reference model")
     parser.add_argument("--digits-baseline", type=Path, default=None)
+    parser.add_argument("--allow-training", action="store_true",
+                        help="train the reference model when no cached one is found")
     args = parser.parse_args()
     console = Console(width=160)
     results = [bench_model(m.strip(), args, console) for m in args.models.split(",")]
