@@ -107,7 +107,9 @@ def log_sensitivity(config: StudyConfig, workspace: Workspace, report: Any,
     client = MlflowClient(tracking_uri=tracking_uri(workspace.workdir))
     name = config.tracking.experiment or f"paretoedge/{config.study}"
     found = client.get_experiment_by_name(name)
-    experiment = found.experiment_id if found else client.create_experiment(name)
+    # artifacts next to mlflow.db (MLflow's default is ./mlruns in the current directory)
+    experiment = found.experiment_id if found else client.create_experiment(
+        name, artifact_location=(workspace.workdir.resolve() / "mlruns").as_uri())
     run = client.create_run(experiment, run_name="sensitivity",
                             tags={STUDY_TAG: config.study, ROLE_TAG: "sensitivity"})
     now = int(time.time() * 1000)
