@@ -126,9 +126,14 @@ class BundleManifest:
     exits: ExitPolicy = ExitPolicy()
     provenance: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: onnxruntime graph optimizers the sessions must not run (optional "runtime" section; e.g.
+    #: WeightBiasQuantization, which would quantize layers a mixed-precision bundle keeps float)
+    disabled_optimizers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        runtime = ({"runtime": {"disabled_optimizers": list(self.disabled_optimizers)}}
+                   if self.disabled_optimizers else {})
+        return {**runtime,
             "format": FORMAT_NAME,
             "format_version": self.format_version,
             "input": self.input.to_dict(),
@@ -157,6 +162,8 @@ class BundleManifest:
                 exits=ExitPolicy.from_dict(data.get("exits", {})),
                 provenance=dict(data.get("provenance", {})),
                 format_version=version,
+                disabled_optimizers=tuple(str(name) for name in
+                                          data.get("runtime", {}).get("disabled_optimizers", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"manifest: malformed field {exc}") from exc
@@ -212,7 +219,8 @@ def write_bundle(directory: Path, manifest: BundleManifest,
         stages.append(StageSpec(name=stage.name, file=stage.file, sha256=sha256_file(target)))
     final = BundleManifest(input=manifest.input, stages=tuple(stages),
                            num_classes=manifest.num_classes, preprocessing=manifest.preprocessing,
-                           exits=manifest.exits, provenance=manifest.provenance)
+                           exits=manifest.exits, provenance=manifest.provenance,
+                           disabled_optimizers=manifest.disabled_optimizers)
     final.check()
     data = manifest_bytes(final)
     (tmp / MANIFEST).write_bytes(data)

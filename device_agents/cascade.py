@@ -65,7 +65,8 @@ class CascadeRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._sessions = [
             ort.InferenceSession(str(self.directory / stage.file), options,
-                                 providers=list(providers))
+                                 providers=list(providers),
+                                 disabled_optimizers=list(manifest.disabled_optimizers))
             for stage in manifest.stages
         ]
         self._input_names = [s.get_inputs()[0].name for s in self._sessions]

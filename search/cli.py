@@ -250,6 +250,27 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
         console.print(f"exported to: {exported}")
 
 
+@app.command()
+@_guard
+def sensitivity(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+                workdir: WorkdirOption = Path("runs"),
+                samples: Annotated[int | None, typer.Option(
+                    help="Validation samples to evaluate (default: all).", min=1)] = None
+                ) -> None:
+    """Per layer group, the accuracy drop when only that group is quantized (onnxruntime, the
+    validation split); saved for the study and logged to MLflow."""
+    from search.config import load_config
+    from search.sensitivity_command import run_sensitivity, sensitivity_table
+    from search.workspace import Workspace
+
+    cfg = load_config(config)
+    report, seeds = run_sensitivity(cfg, Workspace(workdir.resolve(), cfg.study),
+                                    samples=samples, console=console)
+    console.print(sensitivity_table(report, f"Quantization sensitivity of {cfg.study}"))
+    console.print("mixed configurations it suggests (seeds): "
+                  + ("; ".join("/".join(q) for q in seeds) or "none"))
+
+
 # `paretoedge agent start` and `paretoedge agents` (issue 6)
 from search.agent_commands import register_agent_commands  # noqa: E402
 

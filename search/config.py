@@ -5,6 +5,7 @@ Every problem is reported with its field path, all at once (``paretoedge validat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -62,21 +63,74 @@ class ConstraintsConfig(_Strict):
     size_kb: float | None = Field(None, gt=0)
 
 
-class QuantizationConfig(_Strict):
-    """The quantization knob: precisions searched per layer group, and how int8 is built."""
+Precision = Literal["fp32", "int8", "int8_wo", "int4_wo", "fp16"]
 
-    precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
-    activation_type: Literal["uint8", "int8"] = "uint8"
+
+class WeightOnlyConfig(_Strict):
+    """How ``int8_wo``/``int4_wo`` groups are built (onnxruntime's MatMulNBits)."""
+
+    block_size: int = Field(32, ge=16, le=256)
+    accuracy_level: int = Field(4, ge=0, le=4, description="compute type of MatMulNBits: "
+                                                           "4 = int8, 0 = unset")
+    symmetric: bool = True
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of 2 (16, 32, 64, 128, 256)")
+        return value
+
+
+class QuantizationConfig(_Strict):
+    """The quantization knob: precisions searched per layer group, and how each is built."""
+
+    precisions: list[Precision] = ["fp32", "int8"]
+    groups: Literal["auto", "stages"] | dict[str, list[str]] = Field(
+        "auto", description="'auto' (first layer, each stage, last layer), 'stages', or "
+                            "{group: [module paths]}")
+    group_precisions: dict[str, list[Precision]] = Field(
+        {}, description="per group, the precisions searched instead of 'precisions'")
+    target: Literal["auto", "x86", "arm"] = Field(
+        "auto", description="instruction set the int8 defaults are chosen for; auto: the "
+                            "host for device class 'local', else guessed from the class name")
+    activation_type: Literal["uint8", "int8"] | None = Field(
+        None, description="default per target: uint8 on x86 (U8S8), int8 on arm (S8S8)")
     weight_type: Literal["uint8", "int8"] = "int8"
     per_channel: bool = True
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_samples: int = Field(256, ge=1)
+    weight_only: WeightOnlyConfig = WeightOnlyConfig()
+    seed_from_sensitivity: bool = Field(
+        False, description="enqueue mixed configurations from 'paretoedge sensitivity' at start")
+    seed_trials: int = Field(4, ge=1, le=100)
 
     @field_validator("precisions")
     @classmethod
     def _nonempty(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("must list at least one precision")
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, value: str | dict[str, list[str]]) -> str | dict[str, list[str]]:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError("must name at least one group (or be 'auto' or 'stages')")
+            for name, modules in value.items():
+                if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                    raise ValueError(f"group name {name!r}: use letters, digits, '._-'")
+                if not modules:
+                    raise ValueError(f"group {name!r} lists no module")
+        return value
+
+    @field_validator("group_precisions")
+    @classmethod
+    def _group_precisions(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, precisions in value.items():
+            if not precisions:
+                raise ValueError(f"group {name!r}: must list at least one precision")
         return value
 
 

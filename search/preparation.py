@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.config import StudyConfig
+from search.quantization_setup import (
+    check_quantization,
+    layer_groups,
+    quant_settings,
+    quantization_space,
+)
 from spaces import (
     BuildSettings,
     CandidateBuilder,
@@ -14,11 +20,10 @@ from spaces import (
     ExitSpace,
     ModelError,
     PruningSpace,
-    QuantizationSpace,
-    QuantSettings,
     SearchSpace,
     TrainedModel,
     TrainSettings,
+    build_untrained,
     load_reference,
     train_or_load_baseline,
 )
@@ -49,7 +54,7 @@ def load_data(config: StudyConfig) -> DataSplits:
 
 
 def build_settings(config: StudyConfig) -> BuildSettings:
-    q, p = config.quantization, config.pruning
+    p = config.pruning
     return BuildSettings(
         finetune=TrainSettings(epochs=p.finetune.epochs, lr=p.finetune.lr,
                                batch_size=config.model.train.batch_size,
@@ -57,9 +62,7 @@ def build_settings(config: StudyConfig) -> BuildSettings:
                                distill_alpha=p.finetune.distill_alpha,
                                distill_temperature=p.finetune.distill_temperature,
                                seed=config.model.train.seed),
-        quant=QuantSettings(activation_type=q.activation_type, weight_type=q.weight_type,
-                            per_channel=q.per_channel, method=q.method,
-                            calibration_samples=q.calibration_samples),
+        quant=quant_settings(config),
         prune_importance=p.importance, round_to=p.round_to,
         confidence=config.early_exit.confidence)
 
@@ -67,8 +70,7 @@ def build_settings(config: StudyConfig) -> BuildSettings:
 def search_space(config: StudyConfig, builder: CandidateBuilder) -> SearchSpace:
     e = config.early_exit
     return SearchSpace(
-        quantization=QuantizationSpace(groups=builder.groups,
-                                       precisions=tuple(config.quantization.precisions)),
+        quantization=quantization_space(config, builder.operators()),
         pruning=PruningSpace(ratio_max=config.pruning.ratio_max,
                              ratio_step=config.pruning.ratio_step),
         exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=e.enabled,
@@ -77,10 +79,14 @@ def search_space(config: StudyConfig, builder: CandidateBuilder) -> SearchSpace:
 
 def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
     """Load the data, train (or load) the fp32 model, and set up the builder and space."""
+    import torch
+
     data = load_data(config)
     factory = load_reference(config.model.factory, config.base_dir)
     if not callable(factory):
         raise ModelError(f"model.factory {config.model.factory!r} is not callable")
+    example = torch.from_numpy(data.preprocess(data.train_x[:1]))
+    check_quantization(config, build_untrained(factory, data), example)  # fail before training
     t = config.model.train
     settings = TrainSettings(epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
                              batch_size=t.batch_size, seed=t.seed)
@@ -91,6 +97,7 @@ def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
              "loaded from cache" if trained.from_cache else "trained",
              ", ".join(f"{a:.4f}" for a in trained.exit_accuracies))
     builder = CandidateBuilder(trained=trained, data=data, cache_dir=cache_dir,
-                               settings=build_settings(config))
+                               settings=build_settings(config),
+                               groups=layer_groups(config, trained.fresh(), example))
     space = search_space(config, builder)
     return Prepared(data=data, trained=trained, builder=builder, space=space)

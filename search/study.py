@@ -31,6 +31,7 @@ from search.objectives import constraint_values, objective_values, trial_metrics
 from search.pareto import ParetoFront
 from search.preparation import Prepared, prepare
 from search.records import INTERRUPTED, OBJECTIVES, TrialRecord, record_from_trial
+from search.sensitivity_command import seed_study
 from search.study_lock import StudyLock
 from search.study_monitor import StudyMonitor, Tracker
 from search.workspace import Workspace, open_storage
@@ -342,6 +343,7 @@ class StudyRunner:
                     eval_payload = EvalSetPayload.from_eval_set(prepared.data.test_set())
                     eval_ref = dispatcher.share(eval_payload)
                     self._run_baseline(prepared, dispatcher, eval_payload.digest, eval_ref)
+                    seed_study(self._study, prepared, self.config, self.workspace, self.console)
                     stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref)
             except (KeyboardInterrupt, SystemExit):
                 stop_reason = INTERRUPTED_BY_USER

@@ -22,8 +22,11 @@ from spaces.candidate import Candidate, stable_key
 from spaces.data import DataSplits
 from spaces.errors import BuildError
 from spaces.export import INPUT_NAME, export_model
+from spaces.layer_groups import FULL, LayerGroups, operators_by_group, stage_groups
+from spaces.mixed_precision import quantize_graph, runtime_disabled_optimizers
 from spaces.pruning import prune_model, replay_pruning
-from spaces.quantize import QuantSettings, fusion_report, node_names, quantize_int8
+from spaces.quantization_space import UnsupportedPrecisionError, why_not_runnable
+from spaces.quantize import QuantSettings, fusion_report
 from spaces.staged_model import StagedModel
 from spaces.temperature import fit_temperatures
 from spaces.training import TrainSettings, exit_logits, train_model
@@ -87,14 +90,25 @@ class CandidateBuilder:
 
     def __init__(self, *, trained: TrainedModel, data: DataSplits, cache_dir: Path,
                  settings: BuildSettings = BuildSettings(),
-                 groups: tuple[str, ...] | None = None) -> None:
+                 groups: LayerGroups | tuple[str, ...] | None = None) -> None:
         self.trained = trained
         self.data = data
         self.settings = settings
         self.cache_dir = Path(cache_dir)
         self.example = torch.from_numpy(data.preprocess(data.train_x[:1]))
-        self.num_stages = trained.fresh().num_stages
-        self.groups = groups or tuple(f"stage{k}" for k in range(self.num_stages))
+        fresh = trained.fresh()
+        self.num_stages = fresh.num_stages
+        if not isinstance(groups, LayerGroups):  # one group per stage, optionally renamed
+            by_stage = stage_groups(fresh)
+            if groups:
+                if len(groups) != self.num_stages:
+                    raise BuildError(f"{len(groups)} group names for {self.num_stages} stages")
+                by_stage = LayerGroups(tuple(type(g)(name, g.modules) for name, g in
+                                             zip(groups, by_stage.groups, strict=True)))
+            groups = by_stage
+        self.layer_groups = groups
+        self.groups = groups.names
+        self._operators: dict[str, tuple[str, ...]] | None = None
         self._pruned: dict[str, _Pruned] = {}
         self._calibration = data.preprocess(data.train_x[: settings.quant.calibration_samples])
         self._versions = _versions()
@@ -132,14 +146,30 @@ class CandidateBuilder:
         self._pruned[key] = entry
         return entry
 
+    # -- layer groups -------------------------------------------------------------------------
+    def operators(self) -> dict[str, tuple[str, ...]]:
+        """The compute operators of each layer group (what decides the precisions it runs)."""
+        if self._operators is None:
+            self._operators = operators_by_group(self.trained.fresh(), self.example,
+                                                 self.layer_groups)
+        return dict(self._operators)
+
     # -- export + quantize --------------------------------------------------------------------
     def graphs(self, pruned: _Pruned, quantization: tuple[str, ...],
                cascade: bool) -> tuple[list[Path], dict[str, Any]]:
+        """The candidate's ONNX graphs and what the build found out (fusion counts, the
+        optimizers the runtime must disable), cached by pruning + precisions + settings."""
         if len(quantization) != len(self.groups):
             raise BuildError(f"candidate has {len(quantization)} precisions for "
                              f"{len(self.groups)} layer groups {list(self.groups)}")
+        operators = self.operators()
+        for group, precision in zip(self.groups, quantization, strict=True):
+            why = why_not_runnable(precision, operators[group])
+            if why:
+                raise BuildError(str(UnsupportedPrecisionError(group, precision,
+                                                               operators[group], why)))
         key = stable_key("graphs", pruned.key, list(quantization), cascade,
-                         self.settings.quant.to_dict())
+                         self.settings.quant.to_dict(), self.layer_groups.to_dict())
         directory = self.cache_dir / "graphs" / key
         info_path = directory / "info.json"
         if info_path.is_file():
@@ -149,28 +179,20 @@ class CandidateBuilder:
         shutil.rmtree(tmp, ignore_errors=True)
         float_paths = export_model(pruned.model, self.example, tmp / "fp32", cascade=cascade)
         stage_inputs = pruned.model.stage_inputs(torch.from_numpy(self._calibration))
-        files, fusion = [], {"integer_ops": 0, "float_after_dequantize": 0}
-        if cascade:
-            for k, path in enumerate(float_paths):
-                target = tmp / path.name
-                if quantization[k] == "int8":
-                    quantize_int8(path, target, stage_inputs[k].numpy(),
-                                  settings=self.settings.quant, input_name=INPUT_NAME)
-                else:
-                    shutil.copyfile(path, target)
-                files.append(target)
-        else:
-            target = tmp / float_paths[0].name
-            if "int8" in quantization:
-                excluded = self._float_group_nodes(float_paths[0], quantization)
-                quantize_int8(float_paths[0], target, self._calibration,
-                              settings=self.settings.quant, input_name=INPUT_NAME,
-                              nodes_to_exclude=excluded)
-            else:
-                shutil.copyfile(float_paths[0], target)
+        precisions = dict(zip(self.groups, quantization, strict=True))
+        disabled = runtime_disabled_optimizers(quantization)
+        files = []
+        fusion: dict[str, Any] = {"integer_ops": 0, "float_after_dequantize": 0,
+                                  "disabled_optimizers": list(disabled)}
+        for k, path in enumerate(float_paths):
+            target = tmp / path.name
+            quantize_graph(path, target, precisions=precisions, groups=self.layer_groups,
+                           kind=k if cascade else FULL, num_stages=self.num_stages,
+                           calibration=(stage_inputs[k].numpy() if cascade
+                                        else self._calibration),
+                           settings=self.settings.quant, input_name=INPUT_NAME)
             files.append(target)
-        for path in files:
-            report = fusion_report(path)
+            report = fusion_report(target, disabled)
             fusion["integer_ops"] += report.integer_ops
             fusion["float_after_dequantize"] += report.float_after_dequantize
         shutil.rmtree(tmp / "fp32")
@@ -179,14 +201,6 @@ class CandidateBuilder:
         shutil.rmtree(directory, ignore_errors=True)
         tmp.rename(directory)
         return [directory / p.name for p in files], fusion
-
-    def _float_group_nodes(self, path: Path, quantization: tuple[str, ...]) -> list[str]:
-        """Nodes of the single graph that belong to groups left in fp32."""
-        last = len(self.groups) - 1
-        prefixes = [f"/stages.{k}/" for k, q in enumerate(quantization) if q == "fp32"]
-        if quantization[last] == "fp32":
-            prefixes.append("/head/")
-        return [n for n in node_names(path) if n.startswith(tuple(prefixes))]
 
     # -- bundle -------------------------------------------------------------------------------
     def build(self, candidate: Candidate, directory: Path) -> BuiltBundle:
@@ -215,7 +229,9 @@ class CandidateBuilder:
             preprocessing=self.data.preprocessing,
             exits=ExitPolicy(thresholds=candidate.exit_thresholds, temperatures=temperatures,
                              confidence=self.settings.confidence),
+            disabled_optimizers=tuple(fusion.get("disabled_optimizers", ())),
             provenance={"candidate": candidate.to_dict(), "groups": list(self.groups),
+                        "layer_groups": self.layer_groups.to_dict(),
                         "build": self.settings.to_dict(), "versions": self._versions,
                         "baseline_key": self.trained.key, "pruning_history": pruned.history,
                         "metrics": info},

@@ -8,12 +8,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+#: The precisions searched by default: float, and int8 static QDQ (fused integer kernels).
 PRECISIONS = ("fp32", "int8")
+#: Every precision a layer group can take. ``int8``: static QDQ (activations and weights);
+#: ``int8_wo``/``int4_wo``: weight-only MatMulNBits (MatMul/Linear layers only); ``fp16``: weights
+#: stored in float16 and computed in float32 (a size option, never faster on CPU).
+ALL_PRECISIONS = ("fp32", "int8", "int8_wo", "int4_wo", "fp16")
 
 
 @dataclass(frozen=True)
 class Candidate:
     """Quantization per layer group, a structured pruning ratio, and early-exit thresholds.
+
+    ``quantization`` holds one precision of :data:`ALL_PRECISIONS` per layer group, in the
+    order of the builder's groups.
 
     ``exit_thresholds`` is empty when early exit is off: the model is then exported as one graph,
     exactly as a user would deploy it without exits (the fp32 baseline is such a candidate).

@@ -1,7 +1,14 @@
 """Static int8 quantization with onnxruntime (QDQ), and a check of what ORT really fused.
 
 On x86 only uint8 activations with int8 weights (U8S8) run as fused integer kernels; int8
-activations stay ``DequantizeLinear -> float op`` (see FACTS.md). U8S8 per-channel is the default.
+activations stay ``DequantizeLinear -> float op`` (see FACTS.md). U8S8 per-channel is the default
+on x86, S8S8 per-channel on ARM (:func:`default_activation_type`).
+
+A layer group left in float between two int8 groups of one graph reads a ``DequantizeLinear`` and
+feeds a ``QuantizeLinear``; onnxruntime's ``WeightBiasQuantization`` optimizer then quantizes its
+float weights itself and runs it as an integer kernel. Bundles that mix int8 with other
+precisions therefore record :data:`RUNTIME_DISABLED_OPTIMIZERS` in their manifest, and the
+cascade runtime (and :func:`fusion_report`) open their sessions without it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,23 @@ INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMu
                "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm",
                "FusedMatMul")
+#: What a session must not run on a graph that leaves some layers in float between int8 ones.
+RUNTIME_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+ARM_HINTS = ("arm", "aarch64", "rpi", "raspberry", "jetson", "cortex", "android", "phone")
+
+
+def target_of(device_class: str, host_machine: str | None = None) -> str:
+    """``arm`` or ``x86``: the host's architecture for device class ``local``, otherwise guessed
+    from the class name (``rpi4``, ``jetson-nano``, ``arm64-phone`` are ARM)."""
+    import platform
+
+    name = (host_machine or platform.machine()) if device_class == "local" else device_class
+    return "arm" if any(hint in name.lower() for hint in ARM_HINTS) else "x86"
+
+
+def default_activation_type(target: str) -> str:
+    """The activation type that fuses into integer kernels on ``target`` (x86 or arm)."""
+    return "int8" if target == "arm" else "uint8"
 
 
 @dataclass(frozen=True)
@@ -33,11 +57,17 @@ class QuantSettings:
     per_channel: bool = True
     method: str = "minmax"
     calibration_samples: int = 256
+    weight_only_block_size: int = 32
+    weight_only_accuracy_level: int = 4
+    weight_only_symmetric: bool = True
 
     def to_dict(self) -> dict[str, object]:
         return {"activation_type": self.activation_type, "weight_type": self.weight_type,
                 "per_channel": self.per_channel, "method": self.method,
-                "calibration_samples": self.calibration_samples}
+                "calibration_samples": self.calibration_samples,
+                "weight_only_block_size": self.weight_only_block_size,
+                "weight_only_accuracy_level": self.weight_only_accuracy_level,
+                "weight_only_symmetric": self.weight_only_symmetric}
 
 
 @dataclass(frozen=True)
@@ -110,8 +140,32 @@ def node_names(path: Path) -> list[str]:
     return [node.name for node in onnx.load(str(path), load_external_data=False).graph.node]
 
 
-def fusion_report(path: Path) -> FusionReport:
-    """Count integer kernels in the graph ORT will run (its optimized graph, saved to a file)."""
+def inline_constant_identities(model) -> int:
+    """Replace ``Identity(initializer)`` nodes by initializers of their own (in place).
+
+    The TorchScript exporter shares equal constants through Identity nodes (e.g. two folded
+    BatchNorm biases that are equal); ``quantize_static`` then cannot quantize such a bias
+    ("Expected bias to be an initializer") and ORT leaves the conv unfused. Returns the count.
+    """
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    keep, inlined = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in initializers:
+            array = numpy_helper.to_array(initializers[node.input[0]])
+            model.graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+            inlined += 1
+        else:
+            keep.append(node)
+    if inlined:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return inlined
+
+
+def optimized_graph(path: Path, disabled_optimizers: Sequence[str] = ()):
+    """The graph ORT's CPU provider will run (saved with ``optimized_model_filepath``)."""
     import onnx
     import onnxruntime as ort
 
@@ -121,8 +175,15 @@ def fusion_report(path: Path) -> FusionReport:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(optimized)
         options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(str(optimized)).graph
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(disabled_optimizers))
+        return onnx.load(str(optimized)).graph
+
+
+def fusion_report(path: Path, disabled_optimizers: Sequence[str] = ()) -> FusionReport:
+    """Count integer kernels in the graph ORT will run, with the session options of the bundle
+    (``disabled_optimizers`` as recorded in its manifest)."""
+    graph = optimized_graph(path, disabled_optimizers)
     producers = {out: node.op_type for node in graph.node for out in node.output}
     integer = sum(1 for n in graph.node if n.op_type in INTEGER_OPS)
     # Quantized but not fused: the weight (input 1) is dequantized in front of a float op. A float

@@ -1,6 +1,6 @@
 """Benchmark 2 (issue 8): how few trials the search needs, on a space small enough to enumerate.
 
-1. Every configuration of a reduced space (precision per layer group x a few pruning ratios x
+1. Every configuration of a reduced space (precision per stage x a few pruning ratios x
    early exit off/on at one threshold) is built and measured for real, by one agent, in one run.
    Its feasible Pareto front is the limit a search can reach.
 2. The samplers (the default multivariate TPE, random, NSGA-II) then search that space, replaying
@@ -37,6 +37,7 @@ from spaces import Candidate
 def reduced_config(path: Path, prune_max: float, prune_step: float, threshold: float) -> Any:
     config = load_config(path)
     return config.model_copy(update={
+        "quantization": config.quantization.model_copy(update={"groups": "stages"}),
         "pruning": config.pruning.model_copy(update={"ratio_max": prune_max,
                                                      "ratio_step": prune_step}),
         "early_exit": config.early_exit.model_copy(update={"threshold": (threshold, threshold)}),

@@ -51,7 +51,7 @@ def tiny_config_dict(study: str = "tiny", **overrides: Any) -> dict[str, Any]:
         "data": {"loader": "tiny_model.py:load_data"},
         "constraints": {"max_accuracy_drop": 0.05},
         "pruning": {"ratio_max": 0.5, "ratio_step": 0.25, "finetune": {"epochs": 1}},
-        "quantization": {"calibration_samples": 32},
+        "quantization": {"calibration_samples": 32, "groups": "stages"},
         "measurement": {"warmup_runs": 5, "warmup_seconds": 0.0, "min_runs": 20,
                         "max_runs": 60, "round_runs": 20, "timeout_s": 120},
         "search": {"trials": 4, "sampler": "tpe", "seed": 0},

@@ -149,7 +149,7 @@ def test_pruned_cache_is_reused_by_a_new_builder(builder: CandidateBuilder, prun
     def forbidden(*args, **kwargs):
         raise AssertionError("a cached step ran again")
 
-    for name in ("train_model", "prune_model", "export_model", "quantize_int8"):
+    for name in ("train_model", "prune_model", "export_model", "quantize_graph"):
         monkeypatch.setattr(builder_module, name, forbidden)
     again = CandidateBuilder(trained=trained, data=digits, cache_dir=build_cache,
                              settings=builder.settings)
