@@ -19,6 +19,7 @@ OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"),
 DOCUMENTED_METRICS: tuple[str, ...] = (
     "accuracy", "accuracy_drop", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms",
     "latency_p95_ms", "latency_p99_ms", "latency_std_ms", "latency_n", "latency_ci_rel_width",
+    "latency_cpu_share",
     "size_kb", "peak_mem_mb", "ece", "energy_mj", "prune_ratio", "exit_threshold",
     "early_exit", "int8_groups", "macs_m", "params_k", "fused_int_ops_ratio", "build_s",
     "measure_s",
