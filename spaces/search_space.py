@@ -38,6 +38,8 @@ class SearchSpace:
 
     def suggest(self, trial: Any) -> Candidate:
         """Sample a candidate with ``trial.suggest_*`` (an ``optuna.Trial``)."""
-        return Candidate(quantization=self.quantization.suggest(trial),
-                         prune_ratio=self.pruning.suggest(trial),
-                         exit_thresholds=self.exits.suggest(trial))
+        quantization = self.quantization.suggest(trial)
+        prune_ratio = self.pruning.suggest(trial)
+        thresholds, confidence = self.exits.suggest(trial)
+        return Candidate(quantization=quantization, prune_ratio=prune_ratio,
+                         exit_thresholds=thresholds, exit_confidence=confidence)
