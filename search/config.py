@@ -89,7 +89,7 @@ class PruningConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
 
 
-ConfidenceMeasure = Literal["max_softmax", "margin", "entropy"]
+CONFIDENCE_MEASURES = ("max_softmax", "margin", "entropy")
 
 
 class ExitHeadsConfig(_Strict):
@@ -126,7 +126,8 @@ class EarlyExitConfig(_Strict):
     threshold: tuple[float, float] = (0.5, 0.999)
     thresholds: Literal["per_exit", "shared"] = "per_exit"
     scale: Literal["log", "linear"] = "log"
-    confidence: ConfidenceMeasure | list[ConfidenceMeasure] = "max_softmax"
+    confidence: str | list[str] = Field(
+        "max_softmax", description="max_softmax, margin or entropy; a list searches them")
     fallback: Literal["last", "most_confident"] = "last"
 
     @field_validator("threshold")
@@ -150,8 +151,11 @@ class EarlyExitConfig(_Strict):
     @field_validator("confidence")
     @classmethod
     def _measures(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
-            raise ValueError("must name a measure, or list distinct measures to search")
+        names = value if isinstance(value, list) else [value]
+        if not names or len(set(names)) != len(names) or \
+                any(name not in CONFIDENCE_MEASURES for name in names):
+            raise ValueError(f"must be one measure of {', '.join(CONFIDENCE_MEASURES)}, or a "
+                             f"list of distinct ones to search")
         return value
 
     @model_validator(mode="after")

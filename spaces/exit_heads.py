@@ -226,8 +226,12 @@ def retrofit_exits(trained: TrainedModel, data: DataSplits, spec: ExitHeadSpec,
                                       data.num_classes, spec.hidden)
     key = retrofit_key(trained, spec)
     path = Path(cache_dir) / "exit_heads" / f"{key}.pt"
+    baseline = trained.fresh()
+    if baseline.num_stages > 1 or not isinstance(baseline.heads[0], nn.Identity):
+        raise SplitError(spec.after[0], "the model already declares its exits (it is a "
+                                        "StagedModel); early_exit.after is for plain models")
     torch.manual_seed(spec.seed)  # fresh heads' initial weights are part of what key stands for
-    model = factory.from_model(trained.fresh().stages[0])
+    model = factory.from_model(baseline.stages[0])
     if path.is_file():
         meta = json.loads(path.with_suffix(".json").read_text())
         state = torch.load(path, weights_only=True)

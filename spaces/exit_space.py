@@ -85,6 +85,6 @@ class ExitSpace:
 
     def gap_range(self) -> tuple[float, float]:
         """The ``1 - threshold`` range the log scale samples from."""
-        low = max(1.0 - self.threshold_high, MIN_GAP)
-        return low, max(1.0 - self.threshold_low, low)
+        low = max(round(1.0 - self.threshold_high, 12), MIN_GAP)
+        return low, max(round(1.0 - self.threshold_low, 12), low)
 

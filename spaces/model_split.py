@@ -180,8 +180,9 @@ def split_model(model: nn.Module, after: Sequence[str], example: torch.Tensor) -
             tops = ", ".join(n for n, _ in model.named_children())
             raise SplitError(name, f"the model has no module {name!r} (its top-level "
                                    f"modules: {tops})")
-    if len(set(after)) != len(after):
-        raise SplitError(after[0], "a module is listed twice")
+    twice = [name for i, name in enumerate(after) if name in after[:i]]
+    if twice:
+        raise SplitError(twice[0], f"module {twice[0]!r} is listed twice")
     model.eval()
     try:
         stages = _split_traced(model, after)
