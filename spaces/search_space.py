@@ -18,8 +18,8 @@ class SearchSpace:
     Example:
         >>> space = SearchSpace(quantization=QuantizationSpace(groups=("stage0", "stage1")),
         ...                     pruning=PruningSpace(), exits=ExitSpace(num_exits=1))
-        >>> space.baseline()
-        Candidate(quantization=('fp32', 'fp32'), prune_ratio=0.0, exit_thresholds=())
+        >>> space.baseline().to_dict()
+        {'quantization': ['fp32', 'fp32'], 'prune_ratio': 0.0, 'exit_thresholds': []}
     """
 
     quantization: QuantizationSpace
