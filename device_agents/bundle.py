@@ -23,6 +23,7 @@ FORMAT_NAME = "paretoedge-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CONFIDENCE_MEASURES = ("max_softmax", "margin", "entropy")
+FALLBACKS = ("last", "most_confident")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -95,24 +96,28 @@ class StageSpec:
 class ExitPolicy:
     """When a sample leaves the cascade early.
 
-    ``thresholds[k]`` applies to the exit after stage ``k`` (one per stage but the last);
-    ``temperatures[k]`` scales stage ``k``'s logits before the confidence is computed (one per
-    stage, the last included, so that the whole cascade is calibrated).
+    ``thresholds[k]`` applies to the exit after stage ``k`` (one per stage but the last; 1.0
+    turns that exit off); ``temperatures[k]`` scales stage ``k``'s logits before the confidence
+    is computed (one per stage, the last included, so that the whole cascade is calibrated).
+    ``fallback`` says who answers when no exit is confident: the last stage (``last``) or the
+    most confident exit (``most_confident``). The field is optional in ``manifest.json``.
     """
 
     thresholds: tuple[float, ...] = ()
     temperatures: tuple[float, ...] = (1.0,)
     confidence: str = "max_softmax"
+    fallback: str = "last"
 
     def to_dict(self) -> dict[str, Any]:
         return {"thresholds": list(self.thresholds), "temperatures": list(self.temperatures),
-                "confidence": self.confidence}
+                "confidence": self.confidence, "fallback": self.fallback}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExitPolicy:
         return cls(thresholds=tuple(float(t) for t in data.get("thresholds", ())),
                    temperatures=tuple(float(t) for t in data.get("temperatures", (1.0,))),
-                   confidence=str(data.get("confidence", "max_softmax")))
+                   confidence=str(data.get("confidence", "max_softmax")),
+                   fallback=str(data.get("fallback", "last")))
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,9 @@ class BundleManifest:
         if self.exits.confidence not in CONFIDENCE_MEASURES:
             raise BundleError(f"manifest: exits.confidence {self.exits.confidence!r} is not one "
                               f"of {', '.join(CONFIDENCE_MEASURES)}")
+        if self.exits.fallback not in FALLBACKS:
+            raise BundleError(f"manifest: exits.fallback {self.exits.fallback!r} is not one "
+                              f"of {', '.join(FALLBACKS)}")
 
 
 def manifest_bytes(manifest: BundleManifest) -> bytes:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from device_agents.bundle import BundleManifest, verify_bundle
+from device_agents.calibration import expected_calibration_error
 from device_agents.errors import BundleError
 
 
@@ -39,12 +41,58 @@ class Prediction:
     probabilities: np.ndarray
 
 
+@dataclass(frozen=True, eq=False)
+class CascadeEvaluation:
+    """A cascade's decisions on a labelled set, and what every exit alone would have said.
+
+    ``exit_labels[k]`` and ``exit_confidences[k]`` (max temperature-scaled probability) are
+    exit ``k``'s own answers for every sample, whether or not the cascade stopped there.
+    """
+
+    labels: np.ndarray
+    exits: np.ndarray
+    confidences: np.ndarray
+    targets: np.ndarray
+    exit_labels: np.ndarray
+    exit_confidences: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.labels == self.targets
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def ece(self) -> float:
+        """ECE of the cascade: each sample's confidence is that of the exit that answered."""
+        return expected_calibration_error(self.confidences, self.correct)
+
+    @property
+    def exit_rates(self) -> tuple[float, ...]:
+        return tuple(float((self.exits == k).mean()) for k in range(len(self.exit_labels)))
+
+    @property
+    def exit_accuracies(self) -> tuple[float, ...]:
+        return tuple(float((labels == self.targets).mean()) for labels in self.exit_labels)
+
+    @property
+    def exit_eces(self) -> tuple[float, ...]:
+        """ECE of each exit on every sample (its calibration, independent of thresholds)."""
+        return tuple(expected_calibration_error(conf, labels == self.targets)
+                     for conf, labels in zip(self.exit_confidences, self.exit_labels,
+                                             strict=True))
+
+
 class CascadeRunner:
     """Runs a bundle on onnxruntime, one sample at a time, end to end.
 
     Each stage but the last returns ``(features, logits)``; after stage ``k`` the sample leaves
-    when the temperature-scaled confidence of ``logits`` reaches ``thresholds[k]``. With no
-    thresholds the stages simply run in sequence.
+    when the temperature-scaled confidence of ``logits`` reaches ``thresholds[k]`` (a threshold
+    of 1.0 turns that exit off). When no exit is confident the last stage answers, or, with the
+    ``most_confident`` fallback, whichever exit was most confident. With no thresholds the
+    stages simply run in sequence.
 
     Example:
         >>> runner = CascadeRunner.load("runs/digits/bundles/trial_0003")  # doctest: +SKIP
@@ -89,6 +137,7 @@ class CascadeRunner:
         self._thresholds = manifest.exits.thresholds
         self._inv_temperatures = tuple(1.0 / t for t in manifest.exits.temperatures)
         self._measure = manifest.exits.confidence
+        self._most_confident = manifest.exits.fallback == "most_confident"
 
     @classmethod
     def load(cls, directory: Path | str, *, threads: int = 1, expected_digest: str | None = None,
@@ -105,23 +154,70 @@ class CascadeRunner:
         batch = raw.reshape(self.manifest.input.shape)
         return batch.astype(np.float32) * self._gain + self._offset
 
-    def run(self, raw: np.ndarray) -> tuple[np.ndarray, int]:
-        """Preprocess one raw sample and run the cascade; return (logits, exit index)."""
+    def _cascade(self, raw: np.ndarray, *, every_exit: bool) -> tuple[int, list[np.ndarray]]:
+        """The exit that answers, and the logits of the stages run (all with ``every_exit``)."""
         x = self.preprocess(raw)
         last = len(self._sessions) - 1
+        outputs: list[np.ndarray] = []
+        answer: int | None = None
+        best, best_confidence = last, -1.0
         for k, session in enumerate(self._sessions):
             if k == last:
-                return session.run(None, {self._input_names[k]: x})[0][0], k
+                outputs.append(session.run(None, {self._input_names[k]: x})[0][0])
+                if answer is None and self._most_confident and self._thresholds:
+                    value = confidence(softmax(outputs[k] * self._inv_temperatures[k]),
+                                       self._measure)
+                    answer = k if value >= best_confidence else best
+                return (last if answer is None else answer), outputs
             features, logits = session.run(None, {self._input_names[k]: x})
-            if self._thresholds:
-                p = softmax(logits[0] * self._inv_temperatures[k])
-                if confidence(p, self._measure) >= self._thresholds[k]:
-                    return logits[0], k
+            outputs.append(logits[0])
+            if answer is None and self._thresholds:
+                value = confidence(softmax(logits[0] * self._inv_temperatures[k]), self._measure)
+                threshold = self._thresholds[k]
+                if threshold < 1.0:  # 1.0 turns the exit off
+                    if value >= threshold:
+                        answer = k
+                        if not every_exit:
+                            return k, outputs
+                    elif value > best_confidence:
+                        best, best_confidence = k, value
             x = features
         raise AssertionError("unreachable")
+
+    def run(self, raw: np.ndarray) -> tuple[np.ndarray, int]:
+        """Preprocess one raw sample and run the cascade; return (logits, exit index)."""
+        exit_index, outputs = self._cascade(raw, every_exit=False)
+        return outputs[exit_index], exit_index
 
     def predict(self, raw: np.ndarray) -> Prediction:
         logits, exit_index = self.run(raw)
         probabilities = softmax(logits * self._inv_temperatures[exit_index])
         return Prediction(label=int(np.argmax(logits)), exit_index=exit_index,
                           probabilities=probabilities)
+
+    def evaluate(self, inputs: Sequence[np.ndarray] | np.ndarray,
+                 targets: np.ndarray) -> CascadeEvaluation:
+        """Run every sample through every stage, one at a time; decide as :meth:`run` does.
+
+        The cascade's answer for a sample is the one :meth:`predict` gives (the same stages on
+        the same input, the same rule); running the remaining stages too gives each exit's own
+        accuracy and calibration in the same pass.
+        """
+        n, stages = len(inputs), self.num_stages
+        labels = np.empty(n, dtype=np.int64)
+        exits = np.empty(n, dtype=np.int64)
+        confidences = np.empty(n, dtype=np.float64)
+        exit_labels = np.empty((stages, n), dtype=np.int64)
+        exit_confidences = np.empty((stages, n), dtype=np.float64)
+        for i in range(n):
+            exit_index, outputs = self._cascade(inputs[i], every_exit=True)
+            for k, logits in enumerate(outputs):
+                exit_labels[k, i] = int(np.argmax(logits))
+                exit_confidences[k, i] = float(
+                    softmax(logits * self._inv_temperatures[k]).max())
+            exits[i] = exit_index
+            labels[i] = exit_labels[exit_index, i]
+            confidences[i] = exit_confidences[exit_index, i]
+        return CascadeEvaluation(labels=labels, exits=exits, confidences=confidences,
+                                 targets=np.asarray(targets, dtype=np.int64),
+                                 exit_labels=exit_labels, exit_confidences=exit_confidences)

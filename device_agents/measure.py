@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import platform
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from device_agents.bundle import bundle_size_bytes
+from device_agents.calibration import expected_calibration_error  # noqa: F401 (re-exported)
 from device_agents.cascade import CascadeRunner
 from device_agents.energy import EnergyMeter, open_counters
 from device_agents.eval_set import EvalSet
@@ -41,18 +41,6 @@ def latency_stats(samples_ms: np.ndarray, *, converged: bool,
                         p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95),
                         p99_ms=float(p99), n=len(ordered), median_ci_low_ms=lo,
                         median_ci_high_ms=hi, converged=converged, cpu_share=cpu_share)
-
-
-def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray,
-                               bins: int = 15) -> float:
-    """ECE with equal-width confidence bins (Guo et al. 2017)."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in itertools.pairwise(edges):
-        mask = (confidences > lo) & (confidences <= hi)
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidences[mask].mean())
-    return float(ece)
 
 
 class PeakMemory:
@@ -126,16 +114,8 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
         runner.run(inputs[i % n])
         i += 1
 
-    # Accuracy: the whole eval set, one sample at a time, end to end.
-    predictions = np.empty(n, dtype=np.int64)
-    confidences = np.empty(n, dtype=np.float64)
-    exits = np.empty(n, dtype=np.int64)
-    for j, sample in enumerate(inputs):
-        result = runner.predict(sample)
-        predictions[j] = result.label
-        confidences[j] = float(result.probabilities.max())
-        exits[j] = result.exit_index
-    correct = predictions == eval_set.labels
+    # Accuracy: the whole eval set, one sample at a time, end to end (and every exit's own).
+    evaluation = runner.evaluate(inputs, eval_set.labels)
 
     # Timing: rounds cycling through the eval set until the median's CI is tight.
     energy = EnergyMeter(open_counters(providers))
@@ -168,10 +148,11 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
 
     return Measurement(
         bundle_digest=expected_digest or "",
-        accuracy=float(correct.mean()),
+        accuracy=evaluation.accuracy,
         n_eval=n,
-        ece=expected_calibration_error(confidences, correct),
-        exit_rates=tuple(float((exits == s).mean()) for s in range(runner.num_stages)),
+        ece=evaluation.ece,
+        exit_rates=evaluation.exit_rates,
+        exit_eces=evaluation.exit_eces if runner.num_stages > 1 else (),
         latency=latency_stats(latency_ms, converged=converged, cpu_share=cpu_share),
         size_kb=bundle_size_bytes(runner.directory, runner.manifest) / 1024.0,
         peak_mem_mb=memory.peak_mb(),

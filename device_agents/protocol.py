@@ -78,7 +78,11 @@ class LatencyStats:
 
 @dataclass(frozen=True)
 class Measurement:
-    """What an agent measured for one bundle."""
+    """What an agent measured for one bundle.
+
+    ``ece`` is the cascade's (each sample scored by the exit that answered it);
+    ``exit_eces[k]`` is exit ``k``'s own on every sample (cascades only).
+    """
 
     bundle_digest: str
     accuracy: float
@@ -92,6 +96,7 @@ class Measurement:
     agent_id: str = ""
     energy_mj: float | None = None
     duration_s: float = 0.0
+    exit_eces: tuple[float, ...] = ()
 
     def metrics(self) -> dict[str, float]:
         """The measurement as DESIGN.md metric names (only the ones that were measured)."""
@@ -113,6 +118,8 @@ class Measurement:
             out["latency_cpu_share"] = self.latency.cpu_share
         for k, rate in enumerate(self.exit_rates):
             out[f"exit_rate_{k}"] = rate
+        for k, ece in enumerate(self.exit_eces):
+            out[f"ece_exit_{k}"] = ece
         if self.energy_mj is not None:
             out["energy_mj"] = self.energy_mj
         return out

@@ -151,12 +151,46 @@ class PruningConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
 
 
+CONFIDENCE_MEASURES = ("max_softmax", "margin", "entropy")
+
+
+class ExitHeadsConfig(_Strict):
+    """How exit heads retrofitted with ``early_exit.after`` look and are trained."""
+
+    hidden: int = Field(0, ge=0, description="hidden width of the head (0: pool + linear)")
+    training: Literal["frozen", "joint"] = "frozen"
+    epochs: int = Field(30, ge=1, le=1000, description="epochs of the heads on the frozen "
+                                                      "backbone (cheap: pooled features)")
+    lr: float = Field(0.01, gt=0, le=10)
+    joint_epochs: int = Field(2, ge=1, le=1000, description="then, with training: joint, "
+                                                           "epochs of everything together")
+    joint_lr: float = Field(1e-3, gt=0, le=10)
+    loss_weights: list[float] | None = Field(
+        None, description="one weight per exit, the model's own classifier last")
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(w < 0 for w in value)
+                                  or not any(w > 0 for w in value)):
+            raise ValueError("must be non-negative weights, at least one positive")
+        return value
+
+
 class EarlyExitConfig(_Strict):
-    """The early-exit knob: whether exits may be used, the threshold range, the confidence."""
+    """The early-exit knob: where exits are, how thresholds are searched, the confidence."""
 
     enabled: bool = True
+    after: list[str] | None = Field(None, description="named modules of a plain model to put "
+                                                      "exit heads after (a StagedModel "
+                                                      "declares its own)")
+    heads: ExitHeadsConfig = ExitHeadsConfig()
     threshold: tuple[float, float] = (0.5, 0.999)
-    confidence: Literal["max_softmax", "margin", "entropy"] = "max_softmax"
+    thresholds: Literal["per_exit", "shared"] = "per_exit"
+    scale: Literal["log", "linear"] = "log"
+    confidence: str | list[str] = Field(
+        "max_softmax", description="max_softmax, margin or entropy; a list searches them")
+    fallback: Literal["last", "most_confident"] = "last"
 
     @field_validator("threshold")
     @classmethod
@@ -165,6 +199,41 @@ class EarlyExitConfig(_Strict):
         if not 0 < low <= high <= 1:
             raise ValueError("must be [low, high] with 0 < low <= high <= 1")
         return value
+
+    @field_validator("after")
+    @classmethod
+    def _module_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value or any(not name.strip() for name in value):
+                raise ValueError("must list module names, e.g. [layer1, layer2]")
+            if len(set(value)) != len(value):
+                raise ValueError("lists a module twice")
+        return value
+
+    @field_validator("confidence")
+    @classmethod
+    def _measures(cls, value: str | list[str]) -> str | list[str]:
+        names = value if isinstance(value, list) else [value]
+        if not names or len(set(names)) != len(names) or \
+                any(name not in CONFIDENCE_MEASURES for name in names):
+            raise ValueError(f"must be one measure of {', '.join(CONFIDENCE_MEASURES)}, or a "
+                             f"list of distinct ones to search")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_match_exits(self) -> EarlyExitConfig:
+        weights = self.heads.loss_weights
+        if self.after is not None and weights is not None and \
+                len(weights) != len(self.after) + 1:
+            raise ValueError(f"heads.loss_weights has {len(weights)} values for "
+                             f"{len(self.after) + 1} exits (one per module of 'after', then "
+                             f"the model's own classifier)")
+        return self
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        return tuple(self.confidence) if isinstance(self.confidence, list) \
+            else (self.confidence,)
 
 
 class MeasurementConfig(_Strict):

@@ -20,6 +20,8 @@ def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Ma
     metrics["early_exit"] = float(candidate.early_exit)
     if candidate.exit_thresholds:
         metrics["exit_threshold"] = min(candidate.exit_thresholds)
+        for k, threshold in enumerate(candidate.exit_thresholds):
+            metrics[f"exit_threshold_{k}"] = threshold
     metrics["int8_groups"] = float(sum(q == "int8" for q in candidate.quantization))
     metrics["measure_s"] = measurement.duration_s
     for key, value in build_info.items():

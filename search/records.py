@@ -26,9 +26,14 @@ DOCUMENTED_METRICS: tuple[str, ...] = (
 )
 
 
+#: Metrics per exit: ``<prefix><k>`` for exit ``k``.
+PER_EXIT_METRICS: tuple[str, ...] = ("exit_rate_", "ece_exit_", "exit_threshold_")
+
+
 def is_known_metric(name: str) -> bool:
-    return name in DOCUMENTED_METRICS or (name.startswith("exit_rate_")
-                                          and name.removeprefix("exit_rate_").isdigit())
+    return name in DOCUMENTED_METRICS or any(
+        name.startswith(prefix) and name.removeprefix(prefix).isdigit()
+        for prefix in PER_EXIT_METRICS)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,17 @@ from spaces.baseline import TrainedModel, build_untrained, train_or_load_baselin
 from spaces.builder import BuildSettings, BuiltBundle, CandidateBuilder
 from spaces.candidate import PRECISIONS, Candidate
 from spaces.data import DataSplits
-from spaces.errors import BuildError, ModelError, ReferenceError_, SpaceError, SpacesError
+from spaces.errors import (
+    BuildError,
+    ModelError,
+    ReferenceError_,
+    SpaceError,
+    SpacesError,
+    SplitError,
+)
+from spaces.exit_heads import ExitHeadSpec, retrofit_exits
 from spaces.exit_space import ExitSpace
+from spaces.model_split import split_model
 from spaces.pruning_space import PruningSpace
 from spaces.quantization_space import QuantizationSpace
 from spaces.quantize import QuantSettings
@@ -24,6 +33,7 @@ __all__ = [
     "Candidate",
     "CandidateBuilder",
     "DataSplits",
+    "ExitHeadSpec",
     "ExitSpace",
     "ModelError",
     "PruningSpace",
@@ -33,11 +43,14 @@ __all__ = [
     "SearchSpace",
     "SpaceError",
     "SpacesError",
+    "SplitError",
     "StagedModel",
     "TrainSettings",
     "TrainedModel",
     "as_staged",
     "build_untrained",
     "load_reference",
+    "retrofit_exits",
+    "split_model",
     "train_or_load_baseline",
 ]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,13 +20,18 @@ from spaces.training import TrainSettings, exit_accuracies, train_model
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """The fp32 model every candidate starts from."""
+    """The fp32 model every candidate starts from.
+
+    ``exits`` says where its exits come from (empty: declared by the model itself, or none),
+    e.g. the modules that retrofitted heads follow; it goes into every bundle's provenance.
+    """
 
     factory: Callable[[], nn.Module]
     state: dict[str, torch.Tensor]
     key: str
     exit_accuracies: tuple[float, ...]
     from_cache: bool
+    exits: Mapping[str, Any] = field(default_factory=dict)
 
     def fresh(self) -> StagedModel:
         """A new copy of the trained fp32 model."""

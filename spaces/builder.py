@@ -41,11 +41,12 @@ class BuildSettings:
     prune_importance: str = "l2"
     round_to: int = 8
     confidence: str = "max_softmax"
+    exit_fallback: str = "last"
 
     def to_dict(self) -> dict[str, Any]:
         return {"finetune": self.finetune.to_dict(), "quant": self.quant.to_dict(),
                 "prune_importance": self.prune_importance, "round_to": self.round_to,
-                "confidence": self.confidence}
+                "confidence": self.confidence, "exit_fallback": self.exit_fallback}
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,12 @@ class CandidateBuilder:
         return [directory / p.name for p in files], fusion
 
     # -- bundle -------------------------------------------------------------------------------
+    def _exit_policy(self, candidate: Candidate, temperatures: tuple[float, ...]) -> ExitPolicy:
+        """Thresholds, per-exit temperatures (validation-fitted), confidence and fallback."""
+        return ExitPolicy(thresholds=candidate.exit_thresholds, temperatures=temperatures,
+                          confidence=candidate.exit_confidence or self.settings.confidence,
+                          fallback=self.settings.exit_fallback)
+
     def build(self, candidate: Candidate, directory: Path) -> BuiltBundle:
         """Build ``candidate`` into a bundle at ``directory``; raise :class:`BuildError`."""
         started = time.perf_counter()
@@ -227,13 +234,13 @@ class CandidateBuilder:
             stages=stages,
             num_classes=self.data.num_classes,
             preprocessing=self.data.preprocessing,
-            exits=ExitPolicy(thresholds=candidate.exit_thresholds, temperatures=temperatures,
-                             confidence=self.settings.confidence),
+            exits=self._exit_policy(candidate, temperatures),
             disabled_optimizers=tuple(fusion.get("disabled_optimizers", ())),
             provenance={"candidate": candidate.to_dict(), "groups": list(self.groups),
                         "layer_groups": self.layer_groups.to_dict(),
                         "build": self.settings.to_dict(), "versions": self._versions,
                         "baseline_key": self.trained.key, "pruning_history": pruned.history,
+                        "exits": dict(self.trained.exits) or {"source": "declared"},
                         "metrics": info},
         )
         digest = write_bundle(directory, manifest, {p.name: p for p in paths})

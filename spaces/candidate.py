@@ -25,6 +25,7 @@ class Candidate:
 
     ``exit_thresholds`` is empty when early exit is off: the model is then exported as one graph,
     exactly as a user would deploy it without exits (the fp32 baseline is such a candidate).
+    ``exit_confidence`` is the confidence measure when it is searched (``""``: the builder's).
 
     Example:
         >>> Candidate(quantization=("int8", "int8", "fp32"), prune_ratio=0.25).to_dict()
@@ -34,26 +35,40 @@ class Candidate:
     quantization: tuple[str, ...]
     prune_ratio: float = 0.0
     exit_thresholds: tuple[float, ...] = ()
+    exit_confidence: str = ""
 
     @property
     def early_exit(self) -> bool:
         return bool(self.exit_thresholds)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quantization": list(self.quantization), "prune_ratio": self.prune_ratio,
-                "exit_thresholds": list(self.exit_thresholds)}
+        data: dict[str, Any] = {"quantization": list(self.quantization),
+                                "prune_ratio": self.prune_ratio,
+                                "exit_thresholds": list(self.exit_thresholds)}
+        if self.exit_confidence:
+            data["exit_confidence"] = self.exit_confidence
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
         return cls(quantization=tuple(str(q) for q in data["quantization"]),
                    prune_ratio=float(data.get("prune_ratio", 0.0)),
-                   exit_thresholds=tuple(float(t) for t in data.get("exit_thresholds", ())))
+                   exit_thresholds=tuple(float(t) for t in data.get("exit_thresholds", ())),
+                   exit_confidence=str(data.get("exit_confidence", "")))
 
     def describe(self) -> str:
         """A short human label, e.g. ``int8/int8/fp32 prune=0.25 exit@0.90``."""
-        exits = ("exit@" + ",".join(f"{t:.2f}" for t in self.exit_thresholds)
+        exits = ("exit@" + ",".join(_threshold_label(t) for t in self.exit_thresholds)
                  if self.exit_thresholds else "no-exit")
+        if self.exit_confidence:
+            exits += f"({self.exit_confidence})"
         return f"{'/'.join(self.quantization)} prune={self.prune_ratio:g} {exits}"
+
+
+def _threshold_label(threshold: float) -> str:
+    """At least two decimals, more when needed: 0.90, 0.95, 0.9995."""
+    text = f"{threshold:.6f}".rstrip("0")
+    return text + "0" * max(0, 2 - len(text.partition(".")[2]))
 
 
 def stable_key(*parts: Any) -> str:

@@ -21,3 +21,11 @@ class BuildError(SpacesError):
 
 class SpaceError(SpacesError):
     """The search space is inconsistent with the model (e.g. an unknown layer group)."""
+
+
+class SplitError(SpaceError):
+    """A model cannot be cut into stages after a named module (``early_exit.after``)."""
+
+    def __init__(self, module: str, message: str) -> None:
+        super().__init__(message)
+        self.module = module
