@@ -8,13 +8,14 @@ from spaces.candidate import PRECISIONS, Candidate
 from spaces.data import DataSplits
 from spaces.errors import BuildError, ModelError, ReferenceError_, SpaceError, SpacesError
 from spaces.exit_space import ExitSpace
+from spaces.pruning import PruningSettings
 from spaces.pruning_space import PruningSpace
 from spaces.quantization_space import QuantizationSpace
 from spaces.quantize import QuantSettings
 from spaces.references import load_reference
 from spaces.search_space import SearchSpace
 from spaces.staged_model import StagedModel, as_staged
-from spaces.training import TrainSettings
+from spaces.training import FinetuneSettings, TrainSettings
 
 __all__ = [
     "PRECISIONS",
@@ -25,7 +26,9 @@ __all__ = [
     "CandidateBuilder",
     "DataSplits",
     "ExitSpace",
+    "FinetuneSettings",
     "ModelError",
+    "PruningSettings",
     "PruningSpace",
     "QuantSettings",
     "QuantizationSpace",

@@ -17,6 +17,9 @@ class Candidate:
 
     ``exit_thresholds`` is empty when early exit is off: the model is then exported as one graph,
     exactly as a user would deploy it without exits (the fp32 baseline is such a candidate).
+    ``stage_prune_ratios`` is empty for one pruning ratio everywhere; with per-stage pruning it
+    holds one ratio per stage and ``prune_ratio`` is their mean. The tuple is left out of
+    ``to_dict`` when empty, so older candidate dicts read and write the same.
 
     Example:
         >>> Candidate(quantization=("int8", "int8", "fp32"), prune_ratio=0.25).to_dict()
@@ -26,26 +29,39 @@ class Candidate:
     quantization: tuple[str, ...]
     prune_ratio: float = 0.0
     exit_thresholds: tuple[float, ...] = ()
+    stage_prune_ratios: tuple[float, ...] = ()
 
     @property
     def early_exit(self) -> bool:
         return bool(self.exit_thresholds)
 
+    def stage_ratios(self, num_stages: int) -> tuple[float, ...]:
+        """The pruning ratio of every stage."""
+        return self.stage_prune_ratios or (self.prune_ratio,) * num_stages
+
     def to_dict(self) -> dict[str, Any]:
-        return {"quantization": list(self.quantization), "prune_ratio": self.prune_ratio,
-                "exit_thresholds": list(self.exit_thresholds)}
+        out: dict[str, Any] = {"quantization": list(self.quantization),
+                               "prune_ratio": self.prune_ratio,
+                               "exit_thresholds": list(self.exit_thresholds)}
+        if self.stage_prune_ratios:
+            out["stage_prune_ratios"] = list(self.stage_prune_ratios)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
         return cls(quantization=tuple(str(q) for q in data["quantization"]),
                    prune_ratio=float(data.get("prune_ratio", 0.0)),
-                   exit_thresholds=tuple(float(t) for t in data.get("exit_thresholds", ())))
+                   exit_thresholds=tuple(float(t) for t in data.get("exit_thresholds", ())),
+                   stage_prune_ratios=tuple(float(r)
+                                            for r in data.get("stage_prune_ratios", ())))
 
     def describe(self) -> str:
         """A short human label, e.g. ``int8/int8/fp32 prune=0.25 exit@0.90``."""
         exits = ("exit@" + ",".join(f"{t:.2f}" for t in self.exit_thresholds)
                  if self.exit_thresholds else "no-exit")
-        return f"{'/'.join(self.quantization)} prune={self.prune_ratio:g} {exits}"
+        prune = ("/".join(f"{r:g}" for r in self.stage_prune_ratios) if self.stage_prune_ratios
+                 else f"{self.prune_ratio:g}")
+        return f"{'/'.join(self.quantization)} prune={prune} {exits}"
 
 
 def stable_key(*parts: Any) -> str:

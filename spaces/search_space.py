@@ -18,8 +18,8 @@ class SearchSpace:
     Example:
         >>> space = SearchSpace(quantization=QuantizationSpace(groups=("stage0", "stage1")),
         ...                     pruning=PruningSpace(), exits=ExitSpace(num_exits=1))
-        >>> space.baseline()
-        Candidate(quantization=('fp32', 'fp32'), prune_ratio=0.0, exit_thresholds=())
+        >>> space.baseline().to_dict()
+        {'quantization': ['fp32', 'fp32'], 'prune_ratio': 0.0, 'exit_thresholds': []}
     """
 
     quantization: QuantizationSpace
@@ -38,6 +38,8 @@ class SearchSpace:
 
     def suggest(self, trial: Any) -> Candidate:
         """Sample a candidate with ``trial.suggest_*`` (an ``optuna.Trial``)."""
-        return Candidate(quantization=self.quantization.suggest(trial),
-                         prune_ratio=self.pruning.suggest(trial),
+        quantization = self.quantization.suggest(trial)
+        prune_ratio, stage_prune_ratios = self.pruning.suggest(trial)
+        return Candidate(quantization=quantization, prune_ratio=prune_ratio,
+                         stage_prune_ratios=stage_prune_ratios,
                          exit_thresholds=self.exits.suggest(trial))
