@@ -47,7 +47,7 @@ def parse_where(expression: str | None) -> tuple[Condition, ...]:
 def check_metric(name: str, where: str) -> None:
     if not is_known_metric(name):
         raise QueryError(f"{where}: unknown metric {name!r}; known metrics: "
-                         f"{', '.join(DOCUMENTED_METRICS)}, exit_rate_<k>")
+                         f"{', '.join(DOCUMENTED_METRICS)}, exit_rate_<k>, prune_ratio_stage<k>")
 
 
 def tie_break_key(record: TrialRecord) -> tuple[float, ...]:

@@ -23,8 +23,9 @@ DOCUMENTED_METRICS: tuple[str, ...] = (
 
 
 def is_known_metric(name: str) -> bool:
-    return name in DOCUMENTED_METRICS or (name.startswith("exit_rate_")
-                                          and name.removeprefix("exit_rate_").isdigit())
+    return name in DOCUMENTED_METRICS or any(
+        name.startswith(prefix) and name.removeprefix(prefix).isdigit()
+        for prefix in ("exit_rate_", "prune_ratio_stage"))
 
 
 @dataclass(frozen=True)

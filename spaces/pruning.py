@@ -91,6 +91,20 @@ def named_layers(model: nn.Module, names: Sequence[str], field: str) -> list[nn.
     return [modules[name] for name in names]
 
 
+def _pruner_class() -> type:
+    """MetaPruner that never empties a layer: rounding down to a multiple of ``round_to`` keeps
+    at least ``round_to`` channels (or all of them, if the layer had fewer)."""
+    import torch_pruning as tp
+
+    class KeepingPruner(tp.pruner.MetaPruner):
+        def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            kept = current_channels - n_pruned
+            kept = max(kept - kept % round_to, min(round_to, current_channels))
+            return max(current_channels - kept, 0)
+
+    return KeepingPruner
+
+
 def _taylor_gradients(model: StagedModel, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
                       ) -> None:
     """Accumulate the gradient of every exit's cross-entropy over ``batches`` (eval mode, so
@@ -140,10 +154,10 @@ def prune_model(model: StagedModel, ratio: float, example: torch.Tensor, *,
         per_stage: Mapping[nn.Module, float] = (
             {stage: float(r) for stage, r in zip(model.stages, stage_ratios, strict=True)}
             if stage_ratios else {})
-        pruner = tp.pruner.MetaPruner(model, example, importance=criterion,
-                                      pruning_ratio=ratio, pruning_ratio_dict=dict(per_stage),
-                                      round_to=round_to, ignored_layers=ignored,
-                                      output_transform=_sum_outputs)
+        pruner = _pruner_class()(model, example, importance=criterion,
+                                 pruning_ratio=ratio, pruning_ratio_dict=dict(per_stage),
+                                 round_to=round_to, ignored_layers=ignored,
+                                 output_transform=_sum_outputs)
         if importance == "taylor":
             _taylor_gradients(model, taylor_batches)
         pruner.step()
