@@ -148,10 +148,11 @@ class CandidateBuilder:
         s, data = self.settings, self.data
         ft, p = s.finetune, s.pruning
         started = time.perf_counter()
-        chosen = ft.subset_indices(len(data.train_x))
+        prunes = ratio > 0 or any(r > 0 for r in stage_ratios)
+        chosen = ft.subset_indices(len(data.train_x)) if prunes else np.arange(0)
         train_x, train_y = data.preprocess(data.train_x[chosen]), data.train_y[chosen]
         batches = []
-        if p.importance == "taylor":
+        if prunes and p.importance == "taylor":
             order = np.random.default_rng(ft.seed).permutation(len(train_x))
             for k in range(p.taylor_batches):
                 index = order[k * ft.batch_size:(k + 1) * ft.batch_size]
@@ -162,7 +163,7 @@ class CandidateBuilder:
                              importance=p.importance, round_to=p.round_to,
                              stage_ratios=stage_ratios, ignored_layers=p.ignored_layers,
                              taylor_batches=batches)
-        if result.history:
+        if result.history:  # channels left: finetune (every exit), distilled from the teacher
             teacher = self.trained.fresh() if ft.distill_alpha > 0 else None
             train_model(result.model, train_x, train_y, ft, teacher=teacher)
         val_x = data.preprocess(data.val_x)
