@@ -88,6 +88,9 @@ class FinetuneConfig(_Strict):
     batch_size: int | None = Field(None, ge=1, description="default: model.train.batch_size")
     distill_alpha: float = Field(0.5, ge=0, le=1)
     distill_temperature: float = Field(4.0, gt=0)
+    distill_target: Literal["final", "exit"] = Field(
+        "final", description="each exit learns from the teacher's final logits, or from the "
+                             "teacher's same exit")
     seed: int | None = Field(None, description="default: model.train.seed")
 
 

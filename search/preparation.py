@@ -56,7 +56,7 @@ def finetune_settings(config: StudyConfig) -> FinetuneSettings:
         epochs=f.epochs, steps=f.steps or 0, train_subset=f.train_subset or 0, lr=f.lr,
         weight_decay=t.weight_decay, batch_size=f.batch_size or t.batch_size,
         schedule=f.schedule, warmup=f.warmup, distill_alpha=f.distill_alpha,
-        distill_temperature=f.distill_temperature,
+        distill_temperature=f.distill_temperature, distill_target=f.distill_target,
         seed=t.seed if f.seed is None else f.seed)
 
 

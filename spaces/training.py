@@ -14,6 +14,7 @@ from spaces.errors import BuildError
 from spaces.staged_model import StagedModel
 
 SCHEDULES = ("onecycle", "cosine")
+DISTILL_TARGETS = ("final", "exit")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class FinetuneSettings:
     ``seed``. ``schedule`` is ``onecycle`` (warm-up for ``warmup`` of the steps, then annealing)
     or ``cosine`` (linear warm-up for ``warmup`` of the steps, then cosine decay to zero). Every
     exit head is finetuned; with ``distill_alpha`` > 0 each exit also learns from the unpruned
-    teacher's final logits softened by ``distill_temperature``.
+    teacher's logits softened by ``distill_temperature``: the teacher's final logits
+    (``distill_target="final"``) or those of the same exit (``"exit"``).
 
     Example:
         >>> FinetuneSettings(steps=200, schedule="cosine").total_steps(n_samples=1000)
@@ -64,8 +66,12 @@ class FinetuneSettings:
     distill_temperature: float = 4.0
     exit_weights: tuple[float, ...] = ()
     seed: int = 0
+    distill_target: str = "final"
 
     def __post_init__(self) -> None:
+        if self.distill_target not in DISTILL_TARGETS:
+            raise BuildError(f"finetune distill_target {self.distill_target!r} is not one of "
+                             f"{DISTILL_TARGETS}")
         if self.schedule not in SCHEDULES:
             raise BuildError(f"finetune schedule {self.schedule!r} is not one of {SCHEDULES}")
         if not 0.0 <= self.warmup < 1.0:
@@ -87,12 +93,15 @@ class FinetuneSettings:
         return np.sort(chosen)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "steps": self.steps, "train_subset": self.train_subset,
-                "lr": self.lr, "weight_decay": self.weight_decay,
-                "batch_size": self.batch_size, "schedule": self.schedule, "warmup": self.warmup,
-                "distill_alpha": self.distill_alpha,
-                "distill_temperature": self.distill_temperature,
-                "exit_weights": list(self.exit_weights), "seed": self.seed}
+        out: dict[str, Any] = {
+            "epochs": self.epochs, "steps": self.steps, "train_subset": self.train_subset,
+            "lr": self.lr, "weight_decay": self.weight_decay, "batch_size": self.batch_size,
+            "schedule": self.schedule, "warmup": self.warmup,
+            "distill_alpha": self.distill_alpha, "distill_temperature": self.distill_temperature,
+            "exit_weights": list(self.exit_weights), "seed": self.seed}
+        if self.distill_target != "final":  # keys of entries cached before the option stay
+            out["distill_target"] = self.distill_target
+        return out
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,9 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
     """Train every head jointly (cross-entropy, plus KL to ``teacher`` when distilling).
 
     ``x`` is preprocessed input; the model is trained in place and returned in eval mode. With a
-    teacher, each exit learns from the teacher's final logits softened by the distillation
-    temperature (Hinton et al. 2015), mixed with cross-entropy by ``distill_alpha``.
+    teacher, each exit learns from the teacher's final logits (or its own exit's, with
+    ``distill_target="exit"``) softened by the distillation temperature (Hinton et al. 2015),
+    mixed with cross-entropy by ``distill_alpha``.
     :class:`TrainSettings` train for ``epochs`` with a one-cycle schedule (the fp32 model);
     :class:`FinetuneSettings` bring a budget in epochs or steps and a schedule (a finetune).
     """
@@ -153,12 +163,14 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
                                   weight_decay=settings.weight_decay)
     schedule = _scheduler(optimizer, plan, settings.lr)
     weights = _weights(settings, model.num_stages)
-    teacher_logits = None
+    teacher_logits: list[torch.Tensor] | None = None
     if teacher is not None and settings.distill_alpha > 0:
         teacher.eval()
         with torch.no_grad():
-            teacher_logits = torch.cat([teacher(inputs[i:i + 512])[-1]
-                                        for i in range(0, n, 512)])
+            chunks = [teacher(inputs[i:i + 512]) for i in range(0, n, 512)]
+        per_exit = getattr(settings, "distill_target", "final") == "exit"
+        teacher_logits = [torch.cat([c[k if per_exit else -1] for c in chunks])
+                          for k in range(model.num_stages)]
     tau = settings.distill_temperature
     model.train()
     step = 0
@@ -171,11 +183,11 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
             outputs = model(inputs[index])
             target = labels[index]
             loss = torch.zeros(())
-            for weight, logits in zip(weights, outputs, strict=True):
+            for k, (weight, logits) in enumerate(zip(weights, outputs, strict=True)):
                 term = F.cross_entropy(logits, target)
                 if teacher_logits is not None:
                     soft = F.kl_div(F.log_softmax(logits / tau, dim=1),
-                                    F.softmax(teacher_logits[index] / tau, dim=1),
+                                    F.softmax(teacher_logits[k][index] / tau, dim=1),
                                     reduction="batchmean") * tau * tau
                     term = (1 - settings.distill_alpha) * term + settings.distill_alpha * soft
                 loss = loss + weight * term

@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=None,
                         help="distillation weight of the distilled variant (default: config)")
     parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--distill-target", choices=("final", "exit"), default=None)
     parser.add_argument("--importance", choices=("l1", "l2", "taylor"), default=None)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     parser.add_argument("--runs", type=int, default=500, help="timed runs per round")
@@ -115,7 +116,8 @@ def build_variants(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]
     finetune = replace(base.finetune, train_subset=args.train_subset, steps=args.steps,
                        epochs=base.finetune.epochs if args.epochs is None else args.epochs,
                        schedule=args.schedule or base.finetune.schedule,
-                       distill_temperature=args.temperature or base.finetune.distill_temperature)
+                       distill_temperature=args.temperature or base.finetune.distill_temperature,
+                       distill_target=args.distill_target or base.finetune.distill_target)
     alpha = base.finetune.distill_alpha if args.alpha is None else args.alpha
     pruning = replace(base.pruning, importance=args.importance or base.pruning.importance)
     settings = {"plain": replace(base, finetune=replace(finetune, distill_alpha=0.0),
@@ -213,7 +215,7 @@ def report(variants: list[dict[str, Any]], info: dict[str, Any], args: argparse.
     result = Table(title=title, title_justify="left")
     for i, column in enumerate(["ratio", "finetune", "MACs (M)", "params (k)", "size (KB)",
                                 "p50 ms", "p95 ms", "p95 speed-up", "accuracy", "vs fp32 (pp)",
-                                "finetune s"]):
+                                "prune+finetune s"]):
         result.add_column(column, justify="left" if i < 2 else "right")
     for v in variants:
         result.add_row(f"{v['ratio']:g}", v["finetune"], f"{v['macs_m']:.2f}",

@@ -154,3 +154,10 @@ def test_finetune_defaults_come_from_the_model_training(write_config) -> None:
     finetune = build_settings(config).finetune
     assert (finetune.batch_size, finetune.seed, finetune.epochs) == (32, 7, 2)
     assert (finetune.steps, finetune.train_subset, finetune.schedule) == (0, 0, "onecycle")
+    assert finetune.distill_target == "final"
+    tuned = load_config(write_config(name="tuned.yaml", pruning={"finetune": {
+        "steps": 50, "train_subset": 300, "schedule": "cosine", "distill_target": "exit",
+        "batch_size": 16, "seed": 2}}))
+    finetune = build_settings(tuned).finetune
+    assert (finetune.steps, finetune.train_subset, finetune.schedule, finetune.distill_target,
+            finetune.batch_size, finetune.seed) == (50, 300, "cosine", "exit", 16, 2)

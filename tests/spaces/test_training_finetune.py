@@ -95,6 +95,13 @@ def test_bad_settings_are_named() -> None:
         FinetuneSettings(warmup=1.0)
     with pytest.raises(BuildError, match=r"distill_alpha 1\.5"):
         FinetuneSettings(distill_alpha=1.5)
+    with pytest.raises(BuildError, match="distill_target 'middle'"):
+        FinetuneSettings(distill_target="middle")
+
+
+def test_distill_target_is_in_the_dict_only_when_not_the_default() -> None:
+    assert "distill_target" not in FinetuneSettings().to_dict()
+    assert FinetuneSettings(distill_target="exit").to_dict()["distill_target"] == "exit"
 
 
 def test_every_exit_head_is_finetuned(trained, digits: DataSplits) -> None:
@@ -112,6 +119,31 @@ def _kl_to_teacher(student, teacher, x: np.ndarray, tau: float = 4.0) -> list[fl
     teacher_p = F.softmax(torch.from_numpy(t) / tau, dim=1)
     return [float(F.kl_div(F.log_softmax(torch.from_numpy(lg) / tau, dim=1), teacher_p,
                            reduction="batchmean")) for lg in s]
+
+
+def _kl_to_teacher_exits(student, teacher, x: np.ndarray, tau: float = 4.0) -> list[float]:
+    s, t = exit_logits(student, x), exit_logits(teacher, x)
+    return [float(F.kl_div(F.log_softmax(torch.from_numpy(a) / tau, dim=1),
+                           F.softmax(torch.from_numpy(b) / tau, dim=1), reduction="batchmean"))
+            for a, b in zip(s, t, strict=True)]
+
+
+def test_per_exit_distillation_follows_the_teachers_own_exits(trained, digits: DataSplits,
+                                                              tiny_factory) -> None:
+    x, y = _xy(digits, 600)
+    wrong = np.random.default_rng(0).permutation(y)
+    held_out = digits.preprocess(digits.val_x)
+    students = {}
+    for target in ("final", "exit"):
+        torch.manual_seed(1)
+        settings = FinetuneSettings(epochs=4, lr=5e-3, distill_alpha=1.0, distill_target=target)
+        students[target] = train_model(tiny_factory().eval(), x, wrong, settings,
+                                       teacher=trained.fresh())
+    per_exit = _kl_to_teacher_exits(students["exit"], trained.fresh(), held_out)
+    to_final = _kl_to_teacher_exits(students["final"], trained.fresh(), held_out)
+    # exit 0 imitates the teacher's exit 0 better when that is what it is taught
+    assert per_exit[0] < to_final[0]
+    assert per_exit[-1] == pytest.approx(to_final[-1], rel=0.5)  # the last exit: same target
 
 
 def test_distillation_pulls_every_exit_towards_the_teacher(trained, digits: DataSplits,
