@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.durations import parse_duration
 from search.errors import ConfigError
+
+DEFAULT_ROUND_TO = 8
 
 
 class _Strict(BaseModel):
@@ -135,20 +137,47 @@ class QuantizationConfig(_Strict):
 
 
 class FinetuneConfig(_Strict):
+    """The finetune after pruning: a budget (epochs, or steps), a schedule, distillation."""
+
     epochs: int = Field(4, ge=0, le=1000)
+    steps: int | None = Field(None, ge=1, description="budget in optimizer steps; overrides "
+                                                      "epochs")
+    train_subset: int | None = Field(None, ge=1, description="finetune on this many training "
+                                                             "samples (seeded), not all")
     lr: float = Field(2e-3, gt=0, le=10)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    warmup: float = Field(0.15, ge=0, lt=1)
+    batch_size: int | None = Field(None, ge=1, description="default: model.train.batch_size")
     distill_alpha: float = Field(0.5, ge=0, le=1)
     distill_temperature: float = Field(4.0, gt=0)
+    distill_target: Literal["final", "exit"] = Field(
+        "final", description="each exit learns from the teacher's final logits, or from the "
+                             "teacher's same exit")
+    seed: int | None = Field(None, description="default: model.train.seed")
+
+
+RatioValue = Annotated[float, Field(ge=0, le=0.95)]
 
 
 class PruningConfig(_Strict):
     """The pruning knob: ratios searched, the criterion, and the finetune after pruning."""
 
-    ratio_max: float = Field(0.5, ge=0, le=0.95)
+    ratio_max: RatioValue = 0.5
     ratio_step: float = Field(0.125, gt=0, le=0.95)
-    importance: Literal["l1", "l2"] = "l2"
-    round_to: int = Field(8, ge=1)
+    per_stage: bool = False
+    importance: Literal["l1", "l2", "taylor"] = "l2"
+    taylor_batches: int = Field(4, ge=1, le=1000)
+    round_to: int | None = Field(None, ge=1, description="default: round_to_by_device of the "
+                                                         "device class, else 8")
+    round_to_by_device: dict[str, Annotated[int, Field(ge=1)]] = {}
+    ignored_layers: list[str] = []
     finetune: FinetuneConfig = FinetuneConfig()
+
+    def round_to_for(self, device_class: str) -> int:
+        """Channel rounding for a device class: ``round_to``, else the class's entry, else 8."""
+        if self.round_to is not None:
+            return self.round_to
+        return self.round_to_by_device.get(device_class, DEFAULT_ROUND_TO)
 
 
 CONFIDENCE_MEASURES = ("max_softmax", "margin", "entropy")

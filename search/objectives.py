@@ -17,6 +17,8 @@ def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Ma
     metrics["accuracy_drop"] = (baseline_accuracy - measurement.accuracy
                                 if baseline_accuracy is not None else 0.0)
     metrics["prune_ratio"] = candidate.prune_ratio
+    for k, ratio in enumerate(candidate.stage_prune_ratios):
+        metrics[f"prune_ratio_stage{k}"] = ratio
     metrics["early_exit"] = float(candidate.early_exit)
     if candidate.exit_thresholds:
         metrics["exit_threshold"] = min(candidate.exit_thresholds)

@@ -19,7 +19,9 @@ from spaces import (
     CandidateBuilder,
     DataSplits,
     ExitSpace,
+    FinetuneSettings,
     ModelError,
+    PruningSettings,
     PruningSpace,
     SearchSpace,
     TrainedModel,
@@ -57,17 +59,28 @@ def load_data(config: StudyConfig) -> DataSplits:
     return data
 
 
-def build_settings(config: StudyConfig) -> BuildSettings:
+def finetune_settings(config: StudyConfig) -> FinetuneSettings:
+    f, t = config.pruning.finetune, config.model.train
+    return FinetuneSettings(
+        epochs=f.epochs, steps=f.steps or 0, train_subset=f.train_subset or 0, lr=f.lr,
+        weight_decay=t.weight_decay, batch_size=f.batch_size or t.batch_size,
+        schedule=f.schedule, warmup=f.warmup, distill_alpha=f.distill_alpha,
+        distill_temperature=f.distill_temperature, distill_target=f.distill_target,
+        seed=t.seed if f.seed is None else f.seed)
+
+
+def pruning_settings(config: StudyConfig) -> PruningSettings:
     p = config.pruning
+    return PruningSettings(importance=p.importance, round_to=p.round_to_for(config.device.class_),
+                           taylor_batches=p.taylor_batches,
+                           ignored_layers=tuple(p.ignored_layers))
+
+
+def build_settings(config: StudyConfig) -> BuildSettings:
     return BuildSettings(
-        finetune=TrainSettings(epochs=p.finetune.epochs, lr=p.finetune.lr,
-                               batch_size=config.model.train.batch_size,
-                               weight_decay=config.model.train.weight_decay,
-                               distill_alpha=p.finetune.distill_alpha,
-                               distill_temperature=p.finetune.distill_temperature,
-                               seed=config.model.train.seed),
+        finetune=finetune_settings(config),
         quant=quant_settings(config),
-        prune_importance=p.importance, round_to=p.round_to,
+        pruning=pruning_settings(config),
         confidence=config.early_exit.measures[0], exit_fallback=config.early_exit.fallback)
 
 
@@ -76,7 +89,9 @@ def search_space(config: StudyConfig, builder: CandidateBuilder) -> SearchSpace:
     return SearchSpace(
         quantization=quantization_space(config, builder.operators()),
         pruning=PruningSpace(ratio_max=config.pruning.ratio_max,
-                             ratio_step=config.pruning.ratio_step),
+                             ratio_step=config.pruning.ratio_step,
+                             per_stage=config.pruning.per_stage,
+                             num_stages=builder.num_stages),
         exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=e.enabled,
                         threshold_low=e.threshold[0], threshold_high=e.threshold[1],
                         per_exit=e.thresholds == "per_exit", scale=e.scale,

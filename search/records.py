@@ -27,7 +27,8 @@ DOCUMENTED_METRICS: tuple[str, ...] = (
 
 
 #: Metrics per exit: ``<prefix><k>`` for exit ``k``.
-PER_EXIT_METRICS: tuple[str, ...] = ("exit_rate_", "ece_exit_", "exit_threshold_")
+PER_EXIT_METRICS: tuple[str, ...] = ("exit_rate_", "ece_exit_", "exit_threshold_",
+                                      "prune_ratio_stage")
 
 
 def is_known_metric(name: str) -> bool:

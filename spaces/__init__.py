@@ -17,13 +17,14 @@ from spaces.errors import (
 from spaces.exit_heads import ExitHeadSpec, retrofit_exits
 from spaces.exit_space import ExitSpace
 from spaces.model_split import split_model
+from spaces.pruning import PruningSettings
 from spaces.pruning_space import PruningSpace
 from spaces.quantization_space import QuantizationSpace
 from spaces.quantize import QuantSettings
 from spaces.references import load_reference
 from spaces.search_space import SearchSpace
 from spaces.staged_model import StagedModel, as_staged
-from spaces.training import TrainSettings
+from spaces.training import FinetuneSettings, TrainSettings
 
 __all__ = [
     "PRECISIONS",
@@ -35,7 +36,9 @@ __all__ = [
     "DataSplits",
     "ExitHeadSpec",
     "ExitSpace",
+    "FinetuneSettings",
     "ModelError",
+    "PruningSettings",
     "PruningSpace",
     "QuantSettings",
     "QuantizationSpace",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from device_agents.bundle import BundleManifest, ExitPolicy, InputSpec, StageSpec, write_bundle
@@ -24,29 +25,30 @@ from spaces.errors import BuildError
 from spaces.export import INPUT_NAME, export_model
 from spaces.layer_groups import FULL, LayerGroups, operators_by_group, stage_groups
 from spaces.mixed_precision import quantize_graph, runtime_disabled_optimizers
-from spaces.pruning import prune_model, replay_pruning
+from spaces.pruning import PruningSettings, named_layers, prune_model, replay_pruning
+from spaces.pruning_cache import PrunedCache
+from spaces.pruning_space import normalize_stage_ratios
 from spaces.quantization_space import UnsupportedPrecisionError, why_not_runnable
 from spaces.quantize import QuantSettings, fusion_report
 from spaces.staged_model import StagedModel
 from spaces.temperature import fit_temperatures
-from spaces.training import TrainSettings, exit_logits, train_model
+from spaces.training import FinetuneSettings, exit_logits, train_model
 
 
 @dataclass(frozen=True)
 class BuildSettings:
     """How candidates are built (not searched): finetune, quantization, pruning details."""
 
-    finetune: TrainSettings = TrainSettings(epochs=4, distill_alpha=0.5)
+    finetune: FinetuneSettings = FinetuneSettings()
     quant: QuantSettings = QuantSettings()
-    prune_importance: str = "l2"
-    round_to: int = 8
+    pruning: PruningSettings = PruningSettings()
     confidence: str = "max_softmax"
     exit_fallback: str = "last"
 
     def to_dict(self) -> dict[str, Any]:
         return {"finetune": self.finetune.to_dict(), "quant": self.quant.to_dict(),
-                "prune_importance": self.prune_importance, "round_to": self.round_to,
-                "confidence": self.confidence, "exit_fallback": self.exit_fallback}
+                "pruning": self.pruning.to_dict(), "confidence": self.confidence,
+                "exit_fallback": self.exit_fallback}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class _Pruned:
     temperatures: tuple[float, ...]
     macs: float
     params: int
+    stage_ratios: tuple[float, ...] = ()
+    val_exit_accuracies: tuple[float, ...] = ()
 
 
 def _versions() -> dict[str, str]:
@@ -99,6 +103,7 @@ class CandidateBuilder:
         self.example = torch.from_numpy(data.preprocess(data.train_x[:1]))
         fresh = trained.fresh()
         self.num_stages = fresh.num_stages
+        named_layers(fresh, settings.pruning.ignored_layers, "pruning.ignored_layers")
         if not isinstance(groups, LayerGroups):  # one group per stage, optionally renamed
             by_stage = stage_groups(fresh)
             if groups:
@@ -115,35 +120,41 @@ class CandidateBuilder:
         self._versions = _versions()
 
     # -- prune + finetune ---------------------------------------------------------------------
-    def pruned(self, ratio: float) -> _Pruned:
+    def pruned_key(self, ratio: float, stage_ratios: tuple[float, ...] = ()) -> str:
+        """The cache key of a pruning: model and data (the baseline key), ratios, pruning and
+        finetune settings (the seed included). An unpruned model needs neither."""
+        ratio, stage_ratios = normalize_stage_ratios(stage_ratios) if stage_ratios else (
+            ratio, ())
         s = self.settings
-        key = stable_key("pruned", self.trained.key, ratio, s.prune_importance, s.round_to,
-                         s.finetune.to_dict() if ratio > 0 else None)
+        prunes = ratio > 0 or any(r > 0 for r in stage_ratios)
+        return stable_key("pruned", self.trained.key, list(stage_ratios) or ratio,
+                          s.pruning.to_dict() if prunes else None,
+                          s.finetune.to_dict() if prunes else None)
+
+    def pruned(self, ratio: float, stage_ratios: tuple[float, ...] = ()) -> _Pruned:
+        """The model pruned by ``ratio`` (or one ratio per stage) and finetuned, from the
+        in-memory cache, the disk cache (replaying its history) or built now."""
+        if stage_ratios:
+            if len(stage_ratios) != self.num_stages:
+                raise BuildError(f"candidate has {len(stage_ratios)} stage pruning ratios for "
+                                 f"a model of {self.num_stages} stages")
+            ratio, stage_ratios = normalize_stage_ratios(stage_ratios)
+        key = self.pruned_key(ratio, stage_ratios)
         if key in self._pruned:
             return self._pruned[key]
-        directory = self.cache_dir / "pruned" / key
-        model = self.trained.fresh()
-        if (directory / "meta.json").is_file():
-            meta = json.loads((directory / "meta.json").read_text())
-            replay_pruning(model, meta["history"], self.example)
-            model.load_state_dict(torch.load(directory / "state.pt", weights_only=True))
-            entry = _Pruned(key, model.eval(), meta["history"], tuple(meta["temperatures"]),
-                            meta["macs"], meta["params"])
-        else:
-            result = prune_model(model, ratio, self.example, importance=s.prune_importance,
-                                 round_to=s.round_to)
-            if ratio > 0:
-                train_model(result.model, self.data.preprocess(self.data.train_x),
-                            self.data.train_y, s.finetune, teacher=self.trained.fresh())
-            val_logits = exit_logits(result.model, self.data.preprocess(self.data.val_x))
-            temperatures = fit_temperatures(val_logits, self.data.val_y)
-            directory.mkdir(parents=True, exist_ok=True)
-            torch.save(result.model.state_dict(), directory / "state.pt")
-            (directory / "meta.json").write_text(json.dumps({
-                "history": result.history, "temperatures": temperatures,
-                "macs": result.macs, "params": result.params, "ratio": ratio}))
-            entry = _Pruned(key, result.model, result.history, temperatures, result.macs,
-                            result.params)
+        cache = PrunedCache(self.cache_dir / "pruned")
+        with cache.lock(key):
+            cached = cache.read(key)
+            if cached is not None:
+                meta = cached.meta
+                model = replay_pruning(self.trained.fresh(), meta["history"], self.example)
+                model.load_state_dict(cached.state)
+            else:
+                model, meta = self._prune_and_finetune(ratio, stage_ratios)
+                cache.write(key, meta, model.state_dict())
+        entry = _Pruned(key, model.eval(), meta["history"], tuple(meta["temperatures"]),
+                        meta["macs"], meta["params"], tuple(meta.get("stage_ratios", ())),
+                        tuple(meta.get("val_exit_accuracies", ())))
         self._pruned[key] = entry
         return entry
 
@@ -154,6 +165,42 @@ class CandidateBuilder:
             self._operators = operators_by_group(self.trained.fresh(), self.example,
                                                  self.layer_groups)
         return dict(self._operators)
+
+    def _prune_and_finetune(self, ratio: float, stage_ratios: tuple[float, ...]
+                            ) -> tuple[StagedModel, dict[str, Any]]:
+        s, data = self.settings, self.data
+        ft, p = s.finetune, s.pruning
+        started = time.perf_counter()
+        prunes = ratio > 0 or any(r > 0 for r in stage_ratios)
+        chosen = ft.subset_indices(len(data.train_x)) if prunes else np.arange(0)
+        train_x, train_y = data.preprocess(data.train_x[chosen]), data.train_y[chosen]
+        batches = []
+        if prunes and p.importance == "taylor":
+            order = np.random.default_rng(ft.seed).permutation(len(train_x))
+            for k in range(p.taylor_batches):
+                index = order[k * ft.batch_size:(k + 1) * ft.batch_size]
+                if len(index):
+                    batches.append((torch.from_numpy(train_x[index]),
+                                    torch.from_numpy(train_y[index])))
+        result = prune_model(self.trained.fresh(), ratio, self.example,
+                             importance=p.importance, round_to=p.round_to,
+                             stage_ratios=stage_ratios, ignored_layers=p.ignored_layers,
+                             taylor_batches=batches)
+        if result.history:  # channels left: finetune (every exit), distilled from the teacher
+            teacher = self.trained.fresh() if ft.distill_alpha > 0 else None
+            train_model(result.model, train_x, train_y, ft, teacher=teacher)
+        val_x = data.preprocess(data.val_x)
+        val_logits = exit_logits(result.model, val_x)
+        meta = {"history": result.history, "temperatures": fit_temperatures(val_logits,
+                                                                            data.val_y),
+                "macs": result.macs, "params": result.params, "ratio": ratio,
+                "stage_ratios": list(stage_ratios),
+                "val_exit_accuracies": [float((lg.argmax(1) == data.val_y).mean())
+                                        for lg in val_logits],
+                "pruning": p.to_dict(), "finetune": ft.to_dict() if result.history else None,
+                "finetune_samples": len(train_x) if result.history else 0,
+                "seconds": time.perf_counter() - started}
+        return result.model, meta
 
     # -- export + quantize --------------------------------------------------------------------
     def graphs(self, pruned: _Pruned, quantization: tuple[str, ...],
@@ -214,7 +261,7 @@ class CandidateBuilder:
         """Build ``candidate`` into a bundle at ``directory``; raise :class:`BuildError`."""
         started = time.perf_counter()
         try:
-            pruned = self.pruned(candidate.prune_ratio)
+            pruned = self.pruned(candidate.prune_ratio, candidate.stage_prune_ratios)
             paths, fusion = self.graphs(pruned, candidate.quantization, candidate.early_exit)
         except BuildError:
             raise
@@ -241,6 +288,10 @@ class CandidateBuilder:
                         "build": self.settings.to_dict(), "versions": self._versions,
                         "baseline_key": self.trained.key, "pruning_history": pruned.history,
                         "exits": dict(self.trained.exits) or {"source": "declared"},
+                        "pruning": {"key": pruned.key,
+                                    "stage_ratios": list(candidate.stage_ratios(
+                                        self.num_stages)),
+                                    "val_exit_accuracies": list(pruned.val_exit_accuracies)},
                         "metrics": info},
         )
         digest = write_bundle(directory, manifest, {p.name: p for p in paths})

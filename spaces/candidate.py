@@ -26,6 +26,9 @@ class Candidate:
     ``exit_thresholds`` is empty when early exit is off: the model is then exported as one graph,
     exactly as a user would deploy it without exits (the fp32 baseline is such a candidate).
     ``exit_confidence`` is the confidence measure when it is searched (``""``: the builder's).
+    ``stage_prune_ratios`` is empty for one pruning ratio everywhere; with per-stage pruning it
+    holds one ratio per stage and ``prune_ratio`` is their mean. The tuple is left out of
+    ``to_dict`` when empty, so older candidate dicts read and write the same.
 
     Example:
         >>> Candidate(quantization=("int8", "int8", "fp32"), prune_ratio=0.25).to_dict()
@@ -36,10 +39,15 @@ class Candidate:
     prune_ratio: float = 0.0
     exit_thresholds: tuple[float, ...] = ()
     exit_confidence: str = ""
+    stage_prune_ratios: tuple[float, ...] = ()
 
     @property
     def early_exit(self) -> bool:
         return bool(self.exit_thresholds)
+
+    def stage_ratios(self, num_stages: int) -> tuple[float, ...]:
+        """The pruning ratio of every stage."""
+        return self.stage_prune_ratios or (self.prune_ratio,) * num_stages
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"quantization": list(self.quantization),
@@ -47,6 +55,8 @@ class Candidate:
                                 "exit_thresholds": list(self.exit_thresholds)}
         if self.exit_confidence:
             data["exit_confidence"] = self.exit_confidence
+        if self.stage_prune_ratios:
+            data["stage_prune_ratios"] = list(self.stage_prune_ratios)
         return data
 
     @classmethod
@@ -54,7 +64,9 @@ class Candidate:
         return cls(quantization=tuple(str(q) for q in data["quantization"]),
                    prune_ratio=float(data.get("prune_ratio", 0.0)),
                    exit_thresholds=tuple(float(t) for t in data.get("exit_thresholds", ())),
-                   exit_confidence=str(data.get("exit_confidence", "")))
+                   exit_confidence=str(data.get("exit_confidence", "")),
+                   stage_prune_ratios=tuple(float(r)
+                                            for r in data.get("stage_prune_ratios", ())))
 
     def describe(self) -> str:
         """A short human label, e.g. ``int8/int8/fp32 prune=0.25 exit@0.90``."""
@@ -62,7 +74,9 @@ class Candidate:
                  if self.exit_thresholds else "no-exit")
         if self.exit_confidence:
             exits += f"({self.exit_confidence})"
-        return f"{'/'.join(self.quantization)} prune={self.prune_ratio:g} {exits}"
+        prune = ("/".join(f"{r:g}" for r in self.stage_prune_ratios) if self.stage_prune_ratios
+                 else f"{self.prune_ratio:g}")
+        return f"{'/'.join(self.quantization)} prune={prune} {exits}"
 
 
 def _threshold_label(threshold: float) -> str:

@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from spaces.errors import BuildError
+from spaces.errors import BuildError, SpaceError
 from spaces.staged_model import StagedModel, classifier_layers
 
-IMPORTANCE = ("l1", "l2")
+IMPORTANCE = ("l1", "l2", "taylor")
+MAX_RATIO = 0.95
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """How channels are chosen and rounded (the ratios themselves come from the candidate).
+
+    ``importance`` is ``l1``/``l2`` (weight magnitude) or ``taylor`` (first-order Taylor
+    expansion of the loss, from gradients on ``taylor_batches`` training batches);
+    ``round_to`` keeps channel counts multiples of it; ``ignored_layers`` names modules (as in
+    ``model.named_modules()``, e.g. ``stages.1.conv1``) whose output channels are never pruned,
+    on top of the heads, which are never pruned.
+
+    Example:
+        >>> PruningSettings(importance="taylor", round_to=16).to_dict()["importance"]
+        'taylor'
+    """
+
+    importance: str = "l2"
+    round_to: int = 8
+    taylor_batches: int = 4
+    ignored_layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCE:
+            raise BuildError(f"pruning importance {self.importance!r} is not one of "
+                             f"{IMPORTANCE}")
+        if self.round_to < 1:
+            raise BuildError(f"pruning round_to {self.round_to} must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"importance": self.importance, "round_to": self.round_to,
+                               "ignored_layers": list(self.ignored_layers)}
+        if self.importance == "taylor":
+            out["taylor_batches"] = self.taylor_batches
+        return out
 
 
 @dataclass(frozen=True)
@@ -34,36 +74,105 @@ def count_macs_params(model: StagedModel, example: torch.Tensor) -> tuple[float,
     return float(macs), int(params)
 
 
+def check_ratio(ratio: float, what: str = "pruning ratio") -> float:
+    if not 0.0 <= ratio <= MAX_RATIO:
+        raise BuildError(f"{what} {ratio} is outside [0, {MAX_RATIO}]")
+    return ratio
+
+
+def named_layers(model: nn.Module, names: Sequence[str], field: str) -> list[nn.Module]:
+    """The modules called ``names`` in ``model``; a :class:`SpaceError` names a missing one."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules or not name:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpaceError(f"{field}: the model has no module named {name!r}{hint}")
+    return [modules[name] for name in names]
+
+
+def _pruner_class() -> type:
+    """MetaPruner that never empties a layer: rounding down to a multiple of ``round_to`` keeps
+    at least ``round_to`` channels (or all of them, if the layer had fewer)."""
+    import torch_pruning as tp
+
+    class KeepingPruner(tp.pruner.MetaPruner):
+        def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            kept = current_channels - n_pruned
+            kept = max(kept - kept % round_to, min(round_to, current_channels))
+            return max(current_channels - kept, 0)
+
+    return KeepingPruner
+
+
+def _taylor_gradients(model: StagedModel, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                      ) -> None:
+    """Accumulate the gradient of every exit's cross-entropy over ``batches`` (eval mode, so
+    BatchNorm statistics are untouched); TaylorImportance reads ``weight.grad``."""
+    if not batches:
+        raise BuildError("taylor importance needs training batches for its gradients")
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for inputs, labels in batches:
+        loss = sum(F.cross_entropy(logits, labels) for logits in model(inputs))
+        loss.backward()  # type: ignore[union-attr]
+
+
 def prune_model(model: StagedModel, ratio: float, example: torch.Tensor, *,
-                importance: str = "l2", round_to: int = 8) -> PruningResult:
+                importance: str = "l2", round_to: int = 8,
+                stage_ratios: Sequence[float] = (),
+                ignored_layers: Sequence[str] = (),
+                taylor_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
+                ) -> PruningResult:
     """Remove ``ratio`` of the channels of every prunable layer, in place.
 
-    The heads' classifier layers keep their outputs (the classes); everything coupled to a
-    pruned channel (BatchNorm, the next layer's inputs, the heads' inputs) shrinks with it.
+    ``stage_ratios`` (one per stage) replace the single ratio with one per stage: a layer of
+    ``stages[k]`` loses ``stage_ratios[k]`` of its output channels (its consumers in the next
+    stage and in head ``k`` shrink with it). The heads never lose output channels, so exits keep
+    their classes; everything coupled to a pruned channel (BatchNorm, the next layer's inputs,
+    the heads' inputs) shrinks with it.
     """
     import torch_pruning as tp
 
-    if not 0.0 <= ratio < 1.0:
-        raise BuildError(f"pruning ratio {ratio} is outside [0, 1)")
+    check_ratio(ratio)
+    if stage_ratios and len(stage_ratios) != model.num_stages:
+        raise BuildError(f"{len(stage_ratios)} stage pruning ratios for a model of "
+                         f"{model.num_stages} stages")
+    for k, r in enumerate(stage_ratios):
+        check_ratio(r, f"pruning ratio of stage {k}")
     if importance not in IMPORTANCE:
         raise BuildError(f"pruning importance {importance!r} is not one of {IMPORTANCE}")
+    ignored = [*model.heads, *classifier_layers(model),
+               *named_layers(model, ignored_layers, "pruning.ignored_layers")]
     model.eval()
-    if ratio > 0.0:
-        criterion = tp.importance.MagnitudeImportance(p=1 if importance == "l1" else 2)
-        pruner = tp.pruner.MetaPruner(model, example, importance=criterion,
-                                      pruning_ratio=ratio, round_to=round_to,
-                                      ignored_layers=classifier_layers(model),
-                                      output_transform=_sum_outputs)
+    history: list[Any] = []
+    if ratio > 0.0 or any(r > 0.0 for r in stage_ratios):
+        if importance == "taylor":
+            criterion: Any = tp.importance.TaylorImportance()
+        else:
+            criterion = tp.importance.MagnitudeImportance(p=1 if importance == "l1" else 2)
+        per_stage: Mapping[nn.Module, float] = (
+            {stage: float(r) for stage, r in zip(model.stages, stage_ratios, strict=True)}
+            if stage_ratios else {})
+        pruner = _pruner_class()(model, example, importance=criterion,
+                                 pruning_ratio=ratio, pruning_ratio_dict=dict(per_stage),
+                                 round_to=round_to, ignored_layers=ignored,
+                                 output_transform=_sum_outputs)
+        if importance == "taylor":
+            _taylor_gradients(model, taylor_batches)
         pruner.step()
+        model.zero_grad(set_to_none=True)
         history = [list(h) for h in pruner.pruning_history()]
-    else:
-        history = []
     macs, params = count_macs_params(model, example)
     return PruningResult(model=model, history=history, macs=macs, params=params)
 
 
 def replay_pruning(model: StagedModel, history: list[Any], example: torch.Tensor) -> StagedModel:
-    """Apply a recorded pruning history to a fresh copy of the unpruned architecture."""
+    """Apply a recorded pruning history to a fresh copy of the unpruned architecture.
+
+    The history is what a bundle's provenance stores (``pruning_history``): with the model
+    factory alone it gives back the pruned architecture, ready for the pruned weights.
+    """
     import torch_pruning as tp
 
     if history:

@@ -39,7 +39,8 @@ class SearchSpace:
     def suggest(self, trial: Any) -> Candidate:
         """Sample a candidate with ``trial.suggest_*`` (an ``optuna.Trial``)."""
         quantization = self.quantization.suggest(trial)
-        prune_ratio = self.pruning.suggest(trial)
+        prune_ratio, stage_prune_ratios = self.pruning.suggest(trial)
         thresholds, confidence = self.exits.suggest(trial)
         return Candidate(quantization=quantization, prune_ratio=prune_ratio,
+                         stage_prune_ratios=stage_prune_ratios,
                          exit_thresholds=thresholds, exit_confidence=confidence)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spaces.errors import BuildError
 from spaces.staged_model import StagedModel
+
+SCHEDULES = ("onecycle", "cosine")
+DISTILL_TARGETS = ("final", "exit")
 
 
 @dataclass(frozen=True)
@@ -32,52 +37,157 @@ class TrainSettings:
                 "distill_temperature": self.distill_temperature, "seed": self.seed}
 
 
-def _weights(settings: TrainSettings, num_exits: int) -> list[float]:
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The finetune of a pruned model: a budget, a learning-rate schedule, distillation.
+
+    The budget is ``steps`` optimizer steps when set (> 0), else ``epochs`` passes over the
+    training samples; ``train_subset`` (> 0) finetunes on that many training samples, drawn by
+    ``seed``. ``schedule`` is ``onecycle`` (warm-up for ``warmup`` of the steps, then annealing)
+    or ``cosine`` (linear warm-up for ``warmup`` of the steps, then cosine decay to zero). Every
+    exit head is finetuned; with ``distill_alpha`` > 0 each exit also learns from the unpruned
+    teacher's logits softened by ``distill_temperature``: the teacher's final logits
+    (``distill_target="final"``) or those of the same exit (``"exit"``).
+
+    Example:
+        >>> FinetuneSettings(steps=200, schedule="cosine").total_steps(n_samples=1000)
+        200
+    """
+
+    epochs: int = 4
+    steps: int = 0
+    train_subset: int = 0
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    schedule: str = "onecycle"
+    warmup: float = 0.15
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
+    exit_weights: tuple[float, ...] = ()
+    seed: int = 0
+    distill_target: str = "final"
+
+    def __post_init__(self) -> None:
+        if self.distill_target not in DISTILL_TARGETS:
+            raise BuildError(f"finetune distill_target {self.distill_target!r} is not one of "
+                             f"{DISTILL_TARGETS}")
+        if self.schedule not in SCHEDULES:
+            raise BuildError(f"finetune schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise BuildError(f"finetune warmup {self.warmup} is outside [0, 1)")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise BuildError(f"finetune distill_alpha {self.distill_alpha} is outside [0, 1]")
+
+    def total_steps(self, n_samples: int) -> int:
+        if self.steps > 0:
+            return self.steps
+        n = min(n_samples, self.train_subset) if self.train_subset > 0 else n_samples
+        return self.epochs * max(math.ceil(n / self.batch_size), 1)
+
+    def subset_indices(self, n_samples: int) -> np.ndarray:
+        """The training samples the finetune uses (all of them, or a seeded subset)."""
+        if self.train_subset <= 0 or self.train_subset >= n_samples:
+            return np.arange(n_samples)
+        chosen = np.random.default_rng(self.seed).permutation(n_samples)[: self.train_subset]
+        return np.sort(chosen)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "epochs": self.epochs, "steps": self.steps, "train_subset": self.train_subset,
+            "lr": self.lr, "weight_decay": self.weight_decay, "batch_size": self.batch_size,
+            "schedule": self.schedule, "warmup": self.warmup,
+            "distill_alpha": self.distill_alpha, "distill_temperature": self.distill_temperature,
+            "exit_weights": list(self.exit_weights), "seed": self.seed}
+        if self.distill_target != "final":  # keys of entries cached before the option stay
+            out["distill_target"] = self.distill_target
+        return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    total_steps: int
+    schedule: str
+    warmup: float
+
+
+def _plan(settings: TrainSettings | FinetuneSettings, n: int) -> _Plan:
+    if isinstance(settings, FinetuneSettings):
+        return _Plan(settings.total_steps(n), settings.schedule, settings.warmup)
+    steps_per_epoch = max(math.ceil(n / settings.batch_size), 1)
+    return _Plan(settings.epochs * steps_per_epoch, "onecycle", 0.15)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, plan: _Plan,
+               lr: float) -> torch.optim.lr_scheduler.LRScheduler:
+    total = max(plan.total_steps, 1)
+    if plan.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total,
+                                                   pct_start=plan.warmup)
+    warm = int(plan.warmup * total)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(total - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _weights(settings: TrainSettings | FinetuneSettings, num_exits: int) -> list[float]:
     if settings.exit_weights:
         return list(settings.exit_weights)[-num_exits:]
     return [1.0] * num_exits
 
 
-def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray, settings: TrainSettings,
+def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
+                settings: TrainSettings | FinetuneSettings,
                 teacher: StagedModel | None = None) -> StagedModel:
     """Train every head jointly (cross-entropy, plus KL to ``teacher`` when distilling).
 
     ``x`` is preprocessed input; the model is trained in place and returned in eval mode. With a
-    teacher, each exit learns from the teacher's final logits softened by the distillation
-    temperature (Hinton et al. 2015), mixed with cross-entropy by ``distill_alpha``.
+    teacher, each exit learns from the teacher's final logits (or its own exit's, with
+    ``distill_target="exit"``) softened by the distillation temperature (Hinton et al. 2015),
+    mixed with cross-entropy by ``distill_alpha``.
+    :class:`TrainSettings` train for ``epochs`` with a one-cycle schedule (the fp32 model);
+    :class:`FinetuneSettings` bring a budget in epochs or steps and a schedule (a finetune).
     """
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     n = len(inputs)
-    steps_per_epoch = max(math.ceil(n / settings.batch_size), 1)
-    total = max(settings.epochs * steps_per_epoch, 1)
+    plan = _plan(settings, n)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr,
-                                                   total_steps=total, pct_start=0.15)
+    schedule = _scheduler(optimizer, plan, settings.lr)
     weights = _weights(settings, model.num_stages)
-    teacher_logits = None
+    teacher_logits: list[torch.Tensor] | None = None
     if teacher is not None and settings.distill_alpha > 0:
         teacher.eval()
         with torch.no_grad():
-            teacher_logits = torch.cat([teacher(inputs[i:i + 512])[-1]
-                                        for i in range(0, n, 512)])
+            chunks = [teacher(inputs[i:i + 512]) for i in range(0, n, 512)]
+        per_exit = getattr(settings, "distill_target", "final") == "exit"
+        teacher_logits = [torch.cat([c[k if per_exit else -1] for c in chunks])
+                          for k in range(model.num_stages)]
     tau = settings.distill_temperature
     model.train()
-    for _ in range(settings.epochs):
+    step = 0
+    while step < plan.total_steps and n > 0:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, settings.batch_size):
+            if step >= plan.total_steps:
+                break
             index = order[start:start + settings.batch_size]
             outputs = model(inputs[index])
             target = labels[index]
             loss = torch.zeros(())
-            for weight, logits in zip(weights, outputs, strict=True):
+            for k, (weight, logits) in enumerate(zip(weights, outputs, strict=True)):
                 term = F.cross_entropy(logits, target)
                 if teacher_logits is not None:
                     soft = F.kl_div(F.log_softmax(logits / tau, dim=1),
-                                    F.softmax(teacher_logits[index] / tau, dim=1),
+                                    F.softmax(teacher_logits[k][index] / tau, dim=1),
                                     reduction="batchmean") * tau * tau
                     term = (1 - settings.distill_alpha) * term + settings.distill_alpha * soft
                 loss = loss + weight * term
@@ -85,6 +195,7 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray, settings: Trai
             loss.backward()
             optimizer.step()
             schedule.step()
+            step += 1
     return model.eval()
 
 

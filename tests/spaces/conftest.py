@@ -17,6 +17,7 @@ from spaces import (
     BuildSettings,
     CandidateBuilder,
     DataSplits,
+    FinetuneSettings,
     QuantSettings,
     StagedModel,
     TrainedModel,
@@ -82,7 +83,7 @@ def trained(digits: DataSplits, tmp_path_factory: pytest.TempPathFactory) -> Tra
                                   model_digest="tests-tiny-model-v1")
 
 
-BUILD_SETTINGS = BuildSettings(finetune=TrainSettings(epochs=1, distill_alpha=0.5),
+BUILD_SETTINGS = BuildSettings(finetune=FinetuneSettings(epochs=1, distill_alpha=0.5),
                                quant=QuantSettings(calibration_samples=32))
 
 
