@@ -20,6 +20,8 @@ def test_the_agent_install_has_no_host_dependencies() -> None:
     board = _names(project["dependencies"]) | _names(project["optional-dependencies"]["agent"])
     assert board & HOST_ONLY == set()
     assert {"numpy", "onnxruntime", "ray"} <= board
+    # plain `ray` lacks what multi-node clusters and `ray start` need (grpcio, aiohttp, ...)
+    assert any(r.startswith("ray[default]") for r in project["dependencies"])
     assert _names(project["optional-dependencies"]["search"]) >= HOST_ONLY
 
 
