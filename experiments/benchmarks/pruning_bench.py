@@ -2,9 +2,10 @@
 finetune and with distillation from the unpruned model at the same budget.
 
 For the reference model (experiments/fashion_mnist.yaml) at ratios 0, 0.25, 0.5 and 0.75, each
-pruned model is finetuned twice with the same budget (``--train-subset`` samples, ``--epochs``
-or ``--steps``, the same schedule and seed): once with cross-entropy only (plain), once with
-cross-entropy mixed with KL to the unpruned model's softened logits (distillation). Every
+pruned model is finetuned several times with the same budget (``--train-subset`` samples,
+``--epochs`` or ``--steps``, the same schedule, subset and seed): with cross-entropy only
+(plain), and with cross-entropy mixed with KL to the unpruned model's softened logits
+(distillation; one variant per ``--temperature``). Every
 variant is built into a bundle by ``CandidateBuilder`` (fp32, one graph) and measured by one
 ``LocalDeviceAgent`` in one run: the variants are interleaved, ``--rounds`` rounds in a rotating
 order, each round a full measurement (accuracy over the eval set, one sample at a time, then a
@@ -12,7 +13,7 @@ fixed number of timed runs); p50/p95 are the median over the rounds.
 
     PYTHONPATH=$PWD .venv/bin/python experiments/benchmarks/pruning_bench.py \\
         [--baseline-cache /work/refruns/cache] [--workdir runs/pruning_bench] \\
-        [--train-subset 8000] [--epochs 2] [--rounds 3]
+        [--train-subset 20000] [--epochs 3] [--temperature 4 1] [--rounds 3]
 
 The fp32 model is not trained here: its cache (``<baseline-cache>/baseline``) is copied into the
 workdir's cache. Pruned and finetuned models are cached in the workdir (a rerun measures only).
@@ -46,15 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a workdir cache holding the trained fp32 model (baseline/)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "pruning_bench")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
-    parser.add_argument("--train-subset", type=int, default=8000,
+    parser.add_argument("--train-subset", type=int, default=20000,
                         help="training samples of the finetune (0: the whole train split)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="finetune epochs (default: the config's pruning.finetune.epochs)")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="finetune epochs (the config's pruning.finetune.epochs: 2)")
     parser.add_argument("--steps", type=int, default=0, help="finetune steps (overrides epochs)")
     parser.add_argument("--schedule", choices=("onecycle", "cosine"), default=None)
     parser.add_argument("--alpha", type=float, default=None,
                         help="distillation weight of the distilled variant (default: config)")
-    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--temperature", type=float, nargs="+", default=None,
+                        help="distillation temperature(s): one distilled variant each "
+                             "(default: the config's)")
     parser.add_argument("--distill-target", choices=("final", "exit"), default=None)
     parser.add_argument("--importance", choices=("l1", "l2", "taylor"), default=None)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
@@ -114,16 +117,16 @@ def build_variants(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]
         console.print("[yellow]the fp32 model was trained here (no cached one matched)")
     base = prepared.builder.settings
     finetune = replace(base.finetune, train_subset=args.train_subset, steps=args.steps,
-                       epochs=base.finetune.epochs if args.epochs is None else args.epochs,
+                       epochs=args.epochs,
                        schedule=args.schedule or base.finetune.schedule,
-                       distill_temperature=args.temperature or base.finetune.distill_temperature,
                        distill_target=args.distill_target or base.finetune.distill_target)
     alpha = base.finetune.distill_alpha if args.alpha is None else args.alpha
     pruning = replace(base.pruning, importance=args.importance or base.pruning.importance)
     settings = {"plain": replace(base, finetune=replace(finetune, distill_alpha=0.0),
-                                 pruning=pruning),
-                "distilled": replace(base, finetune=replace(finetune, distill_alpha=alpha),
-                                     pruning=pruning)}
+                                 pruning=pruning)}
+    for tau in args.temperature or [base.finetune.distill_temperature]:
+        settings[f"distilled T={tau:g}"] = replace(base, pruning=pruning, finetune=replace(
+            finetune, distill_alpha=alpha, distill_temperature=tau))
     builders = {name: CandidateBuilder(trained=prepared.trained, data=prepared.data,
                                        cache_dir=cache, settings=s)
                 for name, s in settings.items()}
@@ -139,8 +142,9 @@ def build_variants(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]
             seconds = time.perf_counter() - started
             meta = json.loads((cache / "pruned" / pruned.key / "meta.json").read_text())
             label = "fp32" if ratio == 0 else name
-            built = builder.build(candidate, args.workdir / "bundles" / f"{label}_{ratio:g}")
-            console.print(f"built {label:>9} ratio {ratio:<5g} MACs {pruned.macs / 1e6:6.2f} M, "
+            directory = args.workdir / "bundles" / f"{label.replace(' ', '_')}_{ratio:g}"
+            built = builder.build(candidate, directory)
+            console.print(f"built {label:>15} ratio {ratio:<5g} MACs {pruned.macs / 1e6:6.2f} M, "
                           f"val acc {pruned.val_exit_accuracies[-1]:.4f}, finetune "
                           f"{meta.get('seconds', 0):.0f} s"
                           + (" (cached)" if seconds < 0.5 * meta.get("seconds", 0) else ""))
@@ -209,8 +213,9 @@ def report(variants: list[dict[str, Any]], info: dict[str, Any], args: argparse.
              f"{info['finetune']['plain']['epochs']} epochs"
              + (f", {args.steps} steps" if args.steps else "")
              + f", {info['finetune']['plain']['schedule']}; distillation alpha "
-             f"{info['finetune']['distilled']['distill_alpha']}, T "
-             f"{info['finetune']['distilled']['distill_temperature']}); "
+             f"{next(f['distill_alpha'] for n, f in info['finetune'].items() if n != 'plain')}"
+             f", target "
+             f"{info['finetune']['plain'].get('distill_target', 'final')}); "
              f"p50/p95 = median of {args.rounds} interleaved rounds")
     result = Table(title=title, title_justify="left")
     for i, column in enumerate(["ratio", "finetune", "MACs (M)", "params (k)", "size (KB)",
@@ -228,16 +233,15 @@ def report(variants: list[dict[str, Any]], info: dict[str, Any], args: argparse.
     verdict = {}
     for ratio in sorted({v["ratio"] for v in variants if v["ratio"] > 0}):
         plain = next(v for v in variants if v["ratio"] == ratio and v["finetune"] == "plain")
-        kd = next(v for v in variants if v["ratio"] == ratio and v["finetune"] == "distilled")
-        verdict[f"{ratio:g}"] = {"plain": plain["accuracy"], "distilled": kd["accuracy"],
-                                 "distilled_minus_plain_pp": 100 * (kd["accuracy"]
-                                                                    - plain["accuracy"]),
-                                 "met": kd["accuracy"] >= plain["accuracy"]}
-        gain = verdict[f"{ratio:g}"]["distilled_minus_plain_pp"]
-        console.print(f"ratio {ratio:g}: distillation {kd['accuracy']:.4f} vs plain "
-                      f"{plain['accuracy']:.4f} ({gain:+.2f} pp) "
-                      + ("[green]distillation >= plain" if kd["accuracy"] >= plain["accuracy"]
-                         else "[red]distillation < plain"))
+        for kd in (v for v in variants if v["ratio"] == ratio and v["finetune"] != "plain"):
+            gain = 100 * (kd["accuracy"] - plain["accuracy"])
+            verdict[f"{ratio:g} {kd['finetune']}"] = {
+                "plain": plain["accuracy"], "distilled": kd["accuracy"],
+                "distilled_minus_plain_pp": gain, "met": kd["accuracy"] >= plain["accuracy"]}
+            console.print(f"ratio {ratio:g}: {kd['finetune']} {kd['accuracy']:.4f} vs plain "
+                          f"{plain['accuracy']:.4f} ({gain:+.2f} pp) "
+                          + ("[green]distillation >= plain" if gain >= 0
+                             else "[red]distillation < plain"))
     return verdict
 
 
