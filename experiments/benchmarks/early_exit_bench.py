@@ -131,6 +131,32 @@ class Bench:
         return metrics
 
 
+def calibration(bench: Bench) -> list[dict[str, float]]:
+    """ECE and NLL of every exit on the test split, with T = 1 and with the fitted temperature."""
+    import numpy as np
+    import torch
+
+    from device_agents.calibration import expected_calibration_error
+    from spaces.training import exit_logits
+
+    data = bench.prepared.data
+    n = len(bench.eval_payload.load())
+    temperatures = bench.prepared.builder.pruned(0.0).temperatures
+    logits = exit_logits(bench.prepared.builder.trained.fresh(), data.preprocess(data.test_x[:n]))
+    labels = torch.from_numpy(data.test_y[:n].astype(np.int64))
+    out = []
+    for k, (z, t) in enumerate(zip(logits, temperatures, strict=True)):
+        row = {"exit": k, "temperature": t, "accuracy": float((z.argmax(1) == data.test_y[:n])
+                                                               .mean())}
+        for name, scale in (("raw", 1.0), ("calibrated", t)):
+            scaled = torch.from_numpy(z) / scale
+            p = torch.softmax(scaled, 1).numpy()
+            row[f"ece_{name}"] = expected_calibration_error(p.max(1), p.argmax(1) == labels.numpy())
+            row[f"nll_{name}"] = float(torch.nn.functional.cross_entropy(scaled, labels))
+        out.append(row)
+    return out
+
+
 def path_costs(bench: Bench, precisions: tuple[str, ...], rounds: int = 8,
                runs: int = 150) -> dict[str, dict[str, float]]:
     """Median ms of every exit path and of the no-exit graph, timed interleaved in rounds."""
@@ -264,6 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, console)
     band_drop = bench.config.constraints.max_accuracy_drop
 
+    calibrated = calibration(bench)
+    table = Table(title="Temperature scaling per exit (fitted on validation), judged on the test "
+                        "split (torch, fp32)")
+    for name in ("exit", "T", "accuracy", "ECE T=1", "ECE fitted T", "NLL T=1", "NLL fitted T"):
+        table.add_column(name, justify="right")
+    for row in calibrated:
+        table.add_row(str(row["exit"]), f"{row['temperature']:.3f}", f"{row['accuracy']:.4f}",
+                      f"{row['ece_raw']:.4f}", f"{row['ece_calibrated']:.4f}",
+                      f"{row['nll_raw']:.4f}", f"{row['nll_calibrated']:.4f}")
+    console.print(table)
+
     console.print("[bold]threshold sweep[/bold]")
     rows = sweep(bench, tuple(args.precisions), tuple(args.thresholds))
     costs = path_costs(bench, tuple(args.precisions))
@@ -335,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
               "protocol": bench.protocol.to_dict(), "agent": fingerprint,
               "temperatures": list(bench.prepared.builder.pruned(0.0).temperatures),
               "rows": [r.to_dict() for r in rows + search_rows], "search": outcome,
-              "interleaved_path_medians_ms": costs,
+              "interleaved_path_medians_ms": costs, "calibration": calibrated,
               "measurements": bench.measured, "seconds": time.perf_counter() - started}
     out = bench.workdir / "early_exit_bench.json"
     out.write_text(json.dumps(result, indent=2))
