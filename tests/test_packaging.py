@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HOST_ONLY = {"torch", "torch-pruning", "optuna", "mlflow", "onnx", "scikit-learn"}
+HOST_ONLY = {"torch", "torch-pruning", "optuna", "mlflow", "onnx", "onnxscript", "scikit-learn"}
 
 
 def _names(requirements: list[str]) -> set[str]:
