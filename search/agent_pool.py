@@ -112,12 +112,7 @@ class RayAgentPool:
         self.timeout_s = timeout_s
         self.retries = retries
         self.wait_for_agents_s = wait_for_agents_s
-        self.discover = discover
         self.address = address
-        self.threads = threads
-        self.cache_dir = cache_dir
-        self.discover_every_s = discover_every_s
-        self.heartbeat_timeout_s = heartbeat_timeout_s
         self._roster = AgentRoster(device_class, on_lost=self._lost, discover=discover,
                                    threads=threads, cache_dir=cache_dir,
                                    discover_every_s=discover_every_s,
@@ -273,7 +268,7 @@ class RayAgentPool:
                             "(device.wait_for_agents_s); start one on the device: %s",
                             deadline - now, self.device_class, where, self._start_hint())
             time.sleep(min(0.5, max(deadline - now, 0.0)))
-            self.refresh(force=now - self._roster.last_refresh >= min(self.discover_every_s,
+            self.refresh(force=now - self._roster.last_refresh >= min(self._roster.discover_every_s,
                                                                        1.0))
         return True
 
