@@ -154,6 +154,14 @@ class CascadeRunner:
         batch = raw.reshape(self.manifest.input.shape)
         return batch.astype(np.float32) * self._gain + self._offset
 
+    def _confidence(self, k: int, logits: np.ndarray) -> float:
+        """Exit ``k``'s calibrated confidence; max softmax is ``1 / sum(exp(z - max z))``,
+        which skips the division of every probability (a few microseconds per exit)."""
+        if self._measure == "max_softmax":
+            z = logits * np.float32(self._inv_temperatures[k])
+            return 1.0 / float(np.exp(z - z.max()).sum())
+        return confidence(softmax(logits * self._inv_temperatures[k]), self._measure)
+
     def _cascade(self, raw: np.ndarray, *, every_exit: bool) -> tuple[int, list[np.ndarray]]:
         """The exit that answers, and the logits of the stages run (all with ``every_exit``)."""
         x = self.preprocess(raw)
@@ -165,14 +173,12 @@ class CascadeRunner:
             if k == last:
                 outputs.append(session.run(None, {self._input_names[k]: x})[0][0])
                 if answer is None and self._most_confident and self._thresholds:
-                    value = confidence(softmax(outputs[k] * self._inv_temperatures[k]),
-                                       self._measure)
-                    answer = k if value >= best_confidence else best
+                    answer = k if self._confidence(k, outputs[k]) >= best_confidence else best
                 return (last if answer is None else answer), outputs
             features, logits = session.run(None, {self._input_names[k]: x})
             outputs.append(logits[0])
             if answer is None and self._thresholds:
-                value = confidence(softmax(logits[0] * self._inv_temperatures[k]), self._measure)
+                value = self._confidence(k, logits[0])
                 threshold = self._thresholds[k]
                 if threshold < 1.0:  # 1.0 turns the exit off
                     if value >= threshold:
