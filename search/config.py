@@ -153,6 +153,9 @@ class FinetuneConfig(_Strict):
     distill_target: Literal["final", "exit"] = Field(
         "final", description="each exit learns from the teacher's final logits, or from the "
                              "teacher's same exit")
+    distill_features: float = Field(
+        0.0, ge=0, le=100, description="weight of feature distillation: each pruned stage's "
+                                       "output learns the teacher's at the channels it kept")
     seed: int | None = Field(None, description="default: model.train.seed")
 
 

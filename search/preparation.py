@@ -66,7 +66,7 @@ def finetune_settings(config: StudyConfig) -> FinetuneSettings:
         weight_decay=t.weight_decay, batch_size=f.batch_size or t.batch_size,
         schedule=f.schedule, warmup=f.warmup, distill_alpha=f.distill_alpha,
         distill_temperature=f.distill_temperature, distill_target=f.distill_target,
-        seed=t.seed if f.seed is None else f.seed)
+        distill_features=f.distill_features, seed=t.seed if f.seed is None else f.seed)
 
 
 def pruning_settings(config: StudyConfig) -> PruningSettings:

@@ -25,7 +25,13 @@ from spaces.errors import BuildError
 from spaces.export import INPUT_NAME, export_model
 from spaces.layer_groups import FULL, LayerGroups, operators_by_group, stage_groups
 from spaces.mixed_precision import quantize_graph, runtime_disabled_optimizers
-from spaces.pruning import PruningSettings, named_layers, prune_model, replay_pruning
+from spaces.pruning import (
+    PruningSettings,
+    kept_stage_channels,
+    named_layers,
+    prune_model,
+    replay_pruning,
+)
 from spaces.pruning_cache import PrunedCache
 from spaces.pruning_space import normalize_stage_ratios
 from spaces.quantization_space import UnsupportedPrecisionError, why_not_runnable
@@ -187,8 +193,12 @@ class CandidateBuilder:
                              stage_ratios=stage_ratios, ignored_layers=p.ignored_layers,
                              taylor_batches=batches)
         if result.history:  # channels left: finetune (every exit), distilled from the teacher
-            teacher = self.trained.fresh() if ft.distill_alpha > 0 else None
-            train_model(result.model, train_x, train_y, ft, teacher=teacher)
+            distills = ft.distill_alpha > 0 or ft.distill_features > 0
+            teacher = self.trained.fresh() if distills else None
+            channels = (kept_stage_channels(self.trained.fresh(), result.history, self.example)
+                        if ft.distill_features > 0 else None)
+            train_model(result.model, train_x, train_y, ft, teacher=teacher,
+                        teacher_channels=channels)
         val_x = data.preprocess(data.val_x)
         val_logits = exit_logits(result.model, val_x)
         meta = {"history": result.history, "temperatures": fit_temperatures(val_logits,

@@ -180,3 +180,43 @@ def replay_pruning(model: StagedModel, history: list[Any], example: torch.Tensor
                                                       output_transform=_sum_outputs)
         graph.load_pruning_history([tuple(h) for h in history])
     return model
+
+
+def _head_input_layer(head: nn.Module) -> nn.Linear | nn.Conv2d | None:
+    layers = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return layers[0] if layers else None
+
+
+def kept_stage_channels(unpruned: StagedModel, history: list[Any], example: torch.Tensor
+                        ) -> list[torch.Tensor | None]:
+    """Which of the unpruned model's channels each stage's output kept, in their new order.
+
+    Read from the pruning ``history`` by replaying it on a copy of the unpruned model whose
+    heads' input weights carry the index of the input they read: the surviving indices are the
+    kept channels. ``None`` for a stage whose head has no Linear/Conv input layer (its output
+    cannot be matched channel by channel). Used by feature distillation: the pruned stage's
+    output learns to reproduce the teacher's kept channels.
+    """
+    with torch.no_grad():
+        features, _ = unpruned.eval().features_and_logits(example)
+    layers = [_head_input_layer(head) for head in unpruned.heads]
+    widths: list[int | None] = []
+    for layer, feature in zip(layers, features, strict=True):
+        width = None if layer is None else (
+            layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels)
+        channels = feature.shape[1] if feature.dim() > 1 else 0
+        usable = layer is not None and channels > 0 and width is not None and width % channels == 0
+        widths.append(width // channels if usable and width else None)
+        if usable and layer is not None:
+            tags = torch.arange(layer.weight.shape[1], dtype=layer.weight.dtype)
+            with torch.no_grad():
+                layer.weight[0] = tags.view(-1, *([1] * (layer.weight.dim() - 2)))
+    replay_pruning(unpruned, history, example)
+    kept: list[torch.Tensor | None] = []
+    for layer, per_channel in zip(layers, widths, strict=True):
+        if layer is None or per_channel is None:
+            kept.append(None)
+            continue
+        tags = layer.weight.detach()[0].reshape(layer.weight.shape[1], -1)[:, 0].round().long()
+        kept.append(torch.unique(tags // per_channel, sorted=True))
+    return kept

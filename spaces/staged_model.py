@@ -43,6 +43,16 @@ class StagedModel(nn.Module):
             outputs.append(head(x))
         return outputs
 
+    def features_and_logits(self, x: torch.Tensor
+                            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The output of every stage and the logits of every exit, in one pass."""
+        features, outputs = [], []
+        for stage, head in zip(self.stages, self.heads, strict=True):
+            x = stage(x)
+            features.append(x)
+            outputs.append(head(x))
+        return features, outputs
+
     @torch.no_grad()
     def stage_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The input each stage receives for a batch ``x`` (stage 0 receives ``x``)."""

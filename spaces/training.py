@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,7 @@ class FinetuneSettings:
     exit_weights: tuple[float, ...] = ()
     seed: int = 0
     distill_target: str = "final"
+    distill_features: float = 0.0
 
     def __post_init__(self) -> None:
         if self.distill_target not in DISTILL_TARGETS:
@@ -78,6 +80,8 @@ class FinetuneSettings:
             raise BuildError(f"finetune warmup {self.warmup} is outside [0, 1)")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise BuildError(f"finetune distill_alpha {self.distill_alpha} is outside [0, 1]")
+        if self.distill_features < 0:
+            raise BuildError(f"finetune distill_features {self.distill_features} is negative")
 
     def total_steps(self, n_samples: int) -> int:
         if self.steps > 0:
@@ -101,6 +105,8 @@ class FinetuneSettings:
             "exit_weights": list(self.exit_weights), "seed": self.seed}
         if self.distill_target != "final":  # keys of entries cached before the option stay
             out["distill_target"] = self.distill_target
+        if self.distill_features > 0:
+            out["distill_features"] = self.distill_features
         return out
 
 
@@ -141,9 +147,22 @@ def _weights(settings: TrainSettings | FinetuneSettings, num_exits: int) -> list
     return [1.0] * num_exits
 
 
+def _feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],
+                  channels: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """Relative squared error of each stage's output to the teacher's kept channels."""
+    loss = torch.zeros(())
+    for s, t, kept in zip(student, teacher, channels, strict=True):
+        if kept is None:
+            continue
+        target = t.index_select(1, kept)
+        loss = loss + F.mse_loss(s, target) / (target.pow(2).mean() + 1e-8)
+    return loss
+
+
 def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
                 settings: TrainSettings | FinetuneSettings,
-                teacher: StagedModel | None = None) -> StagedModel:
+                teacher: StagedModel | None = None,
+                teacher_channels: Sequence[torch.Tensor | None] | None = None) -> StagedModel:
     """Train every head jointly (cross-entropy, plus KL to ``teacher`` when distilling).
 
     ``x`` is preprocessed input; the model is trained in place and returned in eval mode. With a
@@ -152,6 +171,9 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
     mixed with cross-entropy by ``distill_alpha``.
     :class:`TrainSettings` train for ``epochs`` with a one-cycle schedule (the fp32 model);
     :class:`FinetuneSettings` bring a budget in epochs or steps and a schedule (a finetune).
+    With ``distill_features`` > 0 and ``teacher_channels`` (the channels each stage kept, see
+    :func:`spaces.pruning.kept_stage_channels`), each stage's output also learns to reproduce
+    the teacher's at those channels; the teacher then runs alongside, batch by batch.
     """
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -164,7 +186,10 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
     schedule = _scheduler(optimizer, plan, settings.lr)
     weights = _weights(settings, model.num_stages)
     teacher_logits: list[torch.Tensor] | None = None
-    if teacher is not None and settings.distill_alpha > 0:
+    feature_weight = getattr(settings, "distill_features", 0.0)
+    hints = (teacher is not None and feature_weight > 0 and teacher_channels is not None
+             and any(c is not None for c in teacher_channels))
+    if teacher is not None and (settings.distill_alpha > 0 or hints):
         teacher.eval()
         with torch.no_grad():
             chunks = [teacher(inputs[i:i + 512]) for i in range(0, n, 512)]
@@ -180,12 +205,19 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
             if step >= plan.total_steps:
                 break
             index = order[start:start + settings.batch_size]
-            outputs = model(inputs[index])
             target = labels[index]
             loss = torch.zeros(())
+            if hints and teacher is not None and teacher_channels is not None:
+                features, outputs = model.features_and_logits(inputs[index])
+                with torch.no_grad():
+                    teacher_features, _ = teacher.features_and_logits(inputs[index])
+                loss = loss + feature_weight * _feature_loss(features, teacher_features,
+                                                             teacher_channels)
+            else:
+                outputs = model(inputs[index])
             for k, (weight, logits) in enumerate(zip(weights, outputs, strict=True)):
                 term = F.cross_entropy(logits, target)
-                if teacher_logits is not None:
+                if teacher_logits is not None and settings.distill_alpha > 0:
                     soft = F.kl_div(F.log_softmax(logits / tau, dim=1),
                                     F.softmax(teacher_logits[k][index] / tau, dim=1),
                                     reduction="batchmean") * tau * tau

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, nargs="+", default=None,
                         help="distillation temperature(s): one distilled variant each "
                              "(default: the config's)")
+    parser.add_argument("--features", type=float, nargs="*", default=[],
+                        help="feature-distillation weight(s): one more variant each, logit KD "
+                             "at the first temperature plus each stage's kept channels")
     parser.add_argument("--distill-target", choices=("final", "exit"), default=None)
     parser.add_argument("--importance", choices=("l1", "l2", "taylor"), default=None)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
@@ -129,8 +132,15 @@ def build_variants(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]
     for tau in args.temperature or [base.finetune.distill_temperature]:
         settings[f"KD T={tau:g}"] = replace(base, pruning=pruning, finetune=replace(
             finetune, distill_alpha=alpha, distill_temperature=tau))
+    first_tau = (args.temperature or [base.finetune.distill_temperature])[0]
+    for weight in args.features:
+        settings[f"KD T={first_tau:g} +feat {weight:g}"] = replace(
+            base, pruning=pruning, finetune=replace(
+                finetune, distill_alpha=alpha, distill_temperature=first_tau,
+                distill_features=weight))
     builders = {name: CandidateBuilder(trained=prepared.trained, data=prepared.data,
-                                       cache_dir=cache, settings=s)
+                                       cache_dir=cache, settings=s,
+                                       groups=prepared.builder.layer_groups)
                 for name, s in settings.items()}
     groups = len(prepared.builder.groups)
     variants = []

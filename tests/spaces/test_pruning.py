@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 from spaces import BuildError, StagedModel, as_staged
-from spaces.pruning import count_macs_params, prune_model, replay_pruning
+from spaces.pruning import (
+    count_macs_params,
+    kept_stage_channels,
+    prune_model,
+    replay_pruning,
+)
 
 
 def _convs(model: nn.Module) -> list[nn.Conv2d]:
@@ -110,3 +115,34 @@ def test_plain_classifier_keeps_its_output_layer(example: torch.Tensor) -> None:
     assert [c.out_channels for c in _convs(model)] == [8, 8]
     assert _linears(model)[-1].out_features == 10
     assert tuple(model(example)[-1].shape) == (1, 10)
+
+
+def test_kept_channels_name_the_teacher_channels_each_stage_kept(trained,
+                                                                 example: torch.Tensor) -> None:
+    teacher = trained.fresh().eval()
+    pruned = prune_model(trained.fresh(), 0.5, example)
+    kept = kept_stage_channels(trained.fresh(), pruned.history, example)
+    student_features, _ = pruned.model.eval().features_and_logits(example)
+    assert [len(k) for k in kept] == [f.shape[1] for f in student_features]
+    # stage 0 is one conv: its kept filters are the teacher's filters at those indices
+    torch.testing.assert_close(_convs(pruned.model)[0].weight,
+                               _convs(teacher)[0].weight.index_select(0, kept[0]))
+    with torch.no_grad():
+        teacher_features, _ = teacher.features_and_logits(example)
+        torch.testing.assert_close(student_features[0],
+                                   teacher_features[0].index_select(1, kept[0]))
+
+
+def test_kept_channels_of_an_unpruned_model_are_all_of_them(trained,
+                                                            example: torch.Tensor) -> None:
+    kept = kept_stage_channels(trained.fresh(), [], example)
+    widths = [f.shape[1] for f in trained.fresh().eval().features_and_logits(example)[0]]
+    assert [k.tolist() for k in kept] == [list(range(w)) for w in widths]
+
+
+def test_a_stage_without_a_head_layer_has_no_kept_channels(example: torch.Tensor) -> None:
+    plain = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 64, 10))
+    model = as_staged(plain)
+    pruned = prune_model(as_staged(plain), 0.5, example)
+    assert kept_stage_channels(model, pruned.history, example) == [None]

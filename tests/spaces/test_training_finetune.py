@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from spaces import BuildError, DataSplits, FinetuneSettings, TrainSettings
+from spaces.pruning import kept_stage_channels, prune_model, replay_pruning
 from spaces.training import _Plan, _scheduler, exit_logits, train_model
 
 
@@ -208,3 +209,36 @@ def test_the_fp32_training_is_unchanged(digits: DataSplits, tiny_factory) -> Non
     _reference_train(b, x, y, settings)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_feature_distillation_pulls_pruned_stages_towards_the_teachers_kept_channels(
+        trained, digits: DataSplits) -> None:
+    x, y = _xy(digits, 600)
+    example = torch.from_numpy(x[:1])
+    pruned = prune_model(trained.fresh(), 0.5, example)
+    kept = kept_stage_channels(trained.fresh(), pruned.history, example)
+    teacher = trained.fresh().eval()
+    held_out = torch.from_numpy(digits.preprocess(digits.val_x))
+
+    def feature_error(settings: FinetuneSettings) -> float:
+        student = replay_pruning(trained.fresh(), pruned.history, example)
+        student.load_state_dict(pruned.model.state_dict())
+        torch.manual_seed(1)
+        train_model(student, x, y, settings, teacher=trained.fresh(), teacher_channels=kept)
+        with torch.no_grad():
+            s, _ = student.features_and_logits(held_out)
+            t, _ = teacher.features_and_logits(held_out)
+        return sum(float(F.mse_loss(a, b.index_select(1, k)))
+                   for a, b, k in zip(s, t, kept, strict=True))
+
+    plain = feature_error(FinetuneSettings(epochs=3, lr=5e-3, distill_alpha=0.0))
+    hinted = feature_error(FinetuneSettings(epochs=3, lr=5e-3, distill_alpha=0.0,
+                                            distill_features=1.0))
+    assert hinted < plain
+
+
+def test_feature_weight_is_in_the_dict_only_when_set() -> None:
+    assert "distill_features" not in FinetuneSettings().to_dict()
+    assert FinetuneSettings(distill_features=0.5).to_dict()["distill_features"] == 0.5
+    with pytest.raises(BuildError, match="distill_features"):
+        FinetuneSettings(distill_features=-1.0)
