@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -113,6 +114,7 @@ class LocalDeviceAgent:
 
     def measure(self, request: MeasureRequest) -> Measurement:
         with self._lock:  # one measurement at a time: they would disturb each other's latency
+            started = time.perf_counter()
             self.last_heartbeat = time.time()
             directory = self.bundle_dir(request)
             if self.isolate:
@@ -125,7 +127,7 @@ class LocalDeviceAgent:
                                              providers=self.providers, agent_id=self.agent_id)
             self.measurements += 1
             self.last_heartbeat = time.time()
-            return measurement
+            return replace(measurement, agent_s=time.perf_counter() - started)
 
     def _measure_in_child(self, directory: Path, eval_path: Path,
                           request: MeasureRequest) -> Measurement:

@@ -97,6 +97,9 @@ class Measurement:
     energy_mj: float | None = None
     duration_s: float = 0.0
     exit_eces: tuple[float, ...] = ()
+    #: The agent's whole time for the request (``duration_s`` plus unpacking the bundle and
+    #: eval set and starting the measuring process); 0 where not recorded.
+    agent_s: float = 0.0
 
     def metrics(self) -> dict[str, float]:
         """The measurement as DESIGN.md metric names (only the ones that were measured)."""

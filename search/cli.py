@@ -150,6 +150,12 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
     console.print(f"hypervolume {summary.front.hypervolume():.4f}; stopped: "
                   f"{summary.stop_reason}. Query it: paretoedge best {cfg.study} --workdir "
                   f"{workdir} --where 'latency_p95_ms < X' --maximize accuracy")
+    if summary.timing is not None and summary.timing.wall_s > 0:
+        t = summary.timing
+        console.print(f"driver time {t.wall_s:.1f} s: building {t.seconds['build']:.1f} s, "
+                      f"waiting for agents {t.seconds['wait']:.1f} s, orchestration (Optuna, "
+                      f"dispatch, MLflow, display) {t.overhead_s:.1f} s "
+                      f"({100 * t.overhead_s / t.wall_s:.1f} %)")
     if summary.interrupted:
         console.print(f"resume it: paretoedge run {config} --workdir {workdir}"
                       + (f" --trials {budget}" if trials else ""))

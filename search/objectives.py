@@ -26,6 +26,8 @@ def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Ma
             metrics[f"exit_threshold_{k}"] = threshold
     metrics["int8_groups"] = float(sum(q == "int8" for q in candidate.quantization))
     metrics["measure_s"] = measurement.duration_s
+    if measurement.agent_s > 0:
+        metrics["agent_s"] = measurement.agent_s
     for key, value in build_info.items():
         if isinstance(value, (int, float)):
             metrics[key] = float(value)

@@ -29,6 +29,7 @@ from search.front_table import describe_candidate
 from search.interrupts import GracefulStop, sigint_ignored
 from search.objectives import constraint_values, objective_values, trial_metrics
 from search.pareto import ParetoFront
+from search.phase_clock import ASK, BUILD, SUBMIT, TELL, TRACK, WAIT, PhaseClock, PhaseTimes
 from search.preparation import Prepared, prepare
 from search.records import INTERRUPTED, OBJECTIVES, TrialRecord, record_from_trial
 from search.sensitivity_command import seed_study
@@ -59,6 +60,8 @@ class StudySummary:
     front: ParetoFront
     stop_reason: str
     hypervolume: float = 0.0
+    #: Where the driver's time went in this run, from the agents being ready to the end.
+    timing: PhaseTimes | None = None
 
     @property
     def completed(self) -> int:
@@ -135,6 +138,7 @@ class StudyRunner:
         self._ready: list[_Pending] = []
         self._repeats = 0  # consecutive candidates that repeated a measured one
         self._stop = GracefulStop()
+        self.clock = PhaseClock()
 
     # -- set-up -------------------------------------------------------------------------------
     def _open_study(self, trials: int) -> Any:
@@ -169,16 +173,18 @@ class StudyRunner:
 
     # -- trials -------------------------------------------------------------------------------
     def _ask(self, prepared: Prepared) -> _Pending:
-        trial = self._study.ask()
-        candidate = prepared.space.suggest(trial)
-        trial.set_user_attr("candidate", candidate.to_dict())
-        trial.set_user_attr("device_class", self.config.device.class_)
-        return _Pending(trial, candidate)
+        with self.clock.phase(ASK):
+            trial = self._study.ask()
+            candidate = prepared.space.suggest(trial)
+            trial.set_user_attr("candidate", candidate.to_dict())
+            trial.set_user_attr("device_class", self.config.device.class_)
+            return _Pending(trial, candidate)
 
     def _build(self, pending: _Pending, prepared: Prepared) -> bool:
         directory = self.workspace.bundle_dir(pending.trial.number)
         try:
-            pending.built = prepared.builder.build(pending.candidate, directory)
+            with self.clock.phase(BUILD):
+                pending.built = prepared.builder.build(pending.candidate, directory)
         except BuildError as exc:
             self._fail(pending, f"build failed: {exc}")
             return False
@@ -206,11 +212,16 @@ class StudyRunner:
         means an identical bundle: its measurement is reused rather than redone.
         """
         key = candidate.to_dict()
-        return next((r for r in self.records() if r.complete and not r.reused
-                     and dict(r.candidate) == key), None)
+        with self.clock.phase(ASK):
+            return next((r for r in self.records() if r.complete and not r.reused
+                         and dict(r.candidate) == key), None)
 
     def _reuse(self, pending: _Pending, twin: TrialRecord) -> None:
         """Tell Optuna the twin's values for a repeated candidate (no build, no measurement)."""
+        with self.clock.phase(TELL):
+            self._tell_reused(pending, twin)
+
+    def _tell_reused(self, pending: _Pending, twin: TrialRecord) -> None:
         trial = pending.trial
         metrics = dict(twin.metrics)
         c = self.config.constraints
@@ -233,6 +244,10 @@ class StudyRunner:
         return record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
 
     def _fail(self, pending: _Pending, reason: str) -> None:
+        with self.clock.phase(TELL):
+            self._tell_failed(pending, reason)
+
+    def _tell_failed(self, pending: _Pending, reason: str) -> None:
         from optuna.trial import TrialState
 
         pending.trial.set_user_attr("fail_reason", reason)
@@ -254,6 +269,10 @@ class StudyRunner:
                            f"{pending.candidate.describe()}; it runs again on resume")
 
     def _finish(self, pending: _Pending, done: Completed) -> None:
+        with self.clock.phase(TELL):
+            self._tell_measured(pending, done)
+
+    def _tell_measured(self, pending: _Pending, done: Completed) -> None:
         if done.measurement is None:
             if self._stop.requested:  # the agents may have been stopped with the driver
                 self._interrupt(pending)
@@ -291,10 +310,15 @@ class StudyRunner:
 
     def _refresh(self, note: str = "") -> None:
         """After a trial: redraw the progress, and mirror the study into MLflow."""
-        self._show(note)
-        self.monitor.sync(self.records())
+        with self.clock.phase(TRACK):
+            self._show(note)
+            self.monitor.sync(self.records())
 
     def _show(self, note: str = "") -> None:
+        with self.clock.phase(TRACK):
+            self._draw(note)
+
+    def _draw(self, note: str = "") -> None:
         if self._stop.requested and not note:
             note = (f"stopping: waiting for {len(self._pending)} trial(s) in flight; Ctrl-C "
                     f"again to abort them" if self._pending else "stopping")
@@ -337,6 +361,7 @@ class StudyRunner:
                 dispatcher = self.dispatcher_factory(self.config, self.workspace)
             lock.remember_children()
             self.monitor.clock.agents_ready(self._finished())
+            self.clock = PhaseClock()  # the trials' time, from the agents being ready
             self._show()
             try:
                 with self._stop:
@@ -355,12 +380,14 @@ class StudyRunner:
             finally:
                 dispatcher.close()
             self._show(f"stopped: {stop_reason}")
+        timing = self.clock.times()
+        self._study.set_user_attr("timing", timing.to_dict())
         self.monitor.sync(self.records(), final=True)
         records = self.records()
         return StudySummary(self.config.study, records,
                             ParetoFront.from_records(records,
                                                      self.config.constraints.max_accuracy_drop),
-                            stop_reason, self.monitor.history.hypervolume)
+                            stop_reason, self.monitor.history.hypervolume, timing)
 
     def _run_baseline(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
                       eval_ref: Any) -> None:
@@ -380,11 +407,9 @@ class StudyRunner:
                               "running this study?")
         if not self._build(pending, prepared):
             raise SearchError("the fp32 baseline could not be built (see the trial above)")
-        self._pending[pending.trial.number] = pending
-        dispatcher.submit(pending.trial.number, self._request(pending, eval_digest, eval_ref))
+        self._submit(dispatcher, pending, eval_digest, eval_ref)
         while pending.trial.number in self._pending:
-            for completed in dispatcher.poll(timeout=1.0):
-                self._finish(self._pending.pop(completed.key), completed)
+            self._collect(dispatcher, timeout=1.0)
         if self._stop.requested and self._baseline_accuracy is None:
             raise KeyboardInterrupt
         if self._baseline_accuracy is None:
@@ -434,7 +459,11 @@ class StudyRunner:
 
     def _dispatch_ready(self, dispatcher: Dispatcher, eval_digest: str, eval_ref: Any) -> None:
         while self._ready and dispatcher.free_slots() > 0:
-            pending = self._ready.pop(0)
+            self._submit(dispatcher, self._ready.pop(0), eval_digest, eval_ref)
+
+    def _submit(self, dispatcher: Dispatcher, pending: _Pending, eval_digest: str,
+                eval_ref: Any) -> None:
+        with self.clock.phase(SUBMIT):
             self._pending[pending.trial.number] = pending
             dispatcher.submit(pending.trial.number, self._request(pending, eval_digest, eval_ref))
 
@@ -454,5 +483,7 @@ class StudyRunner:
             self._collect(dispatcher, timeout=1.0)
 
     def _collect(self, dispatcher: Dispatcher, timeout: float) -> None:
-        for completed in dispatcher.poll(timeout=timeout):
-            self._finish(self._pending.pop(completed.key), completed)
+        with self.clock.phase(WAIT):
+            completed = dispatcher.poll(timeout=timeout)
+        for done in completed:
+            self._finish(self._pending.pop(done.key), done)

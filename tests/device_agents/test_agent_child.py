@@ -104,7 +104,9 @@ def test_the_agent_fetches_each_payload_once_and_then_reads_its_cache(
                              protocol=fast_protocol)
     agent = LocalDeviceAgent(device_class="test", cache_dir=tmp_path / "cache", isolate=False)
     for _ in range(3):
-        agent.measure(request)
+        measurement = agent.measure(request)
+        # the agent's whole time for the request includes the measurement itself
+        assert measurement.agent_s >= measurement.duration_s > 0
     other, other_digest = make_bundle(cascade.THREE_STAGE)
     agent.measure(dataclasses.replace(request, bundle_digest=other_digest,
                                       bundle=BundlePayload.from_directory(other)))

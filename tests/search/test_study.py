@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 
 from device_agents import FakeAgent, LatencyStats, Measurement, MeasureRequest
@@ -65,6 +66,13 @@ def test_study_runs_the_baseline_first_and_respects_the_budget(write_config, tmp
         assert (tmp_path / "runs" / r.bundle / "manifest.json").is_file()
         assert {"prune_ratio", "int8_groups", "macs_m", "params_k", "build_s"} <= set(r.metrics)
     assert summary.front.members and summary.front.baseline is baseline
+    # where the driver's time went: phases that add up to its wall time, kept in the study
+    timing = summary.timing
+    assert timing is not None and timing.seconds["build"] > 0 and timing.seconds["tell"] > 0
+    assert sum(timing.seconds.values()) + timing.other_s == pytest.approx(timing.wall_s)
+    study = optuna.load_study(study_name="tiny", storage=open_storage(
+        Workspace(tmp_path / "runs", "tiny").journal))
+    assert study.user_attrs["timing"]["overhead_s"] == pytest.approx(timing.overhead_s)
 
 
 @pytest.mark.slow
