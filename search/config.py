@@ -149,12 +149,12 @@ class FinetuneConfig(_Strict):
     warmup: float = Field(0.15, ge=0, lt=1)
     batch_size: int | None = Field(None, ge=1, description="default: model.train.batch_size")
     distill_alpha: float = Field(0.5, ge=0, le=1)
-    distill_temperature: float = Field(4.0, gt=0)
+    distill_temperature: float = Field(1.0, gt=0)
     distill_target: Literal["final", "exit"] = Field(
         "final", description="each exit learns from the teacher's final logits, or from the "
                              "teacher's same exit")
     distill_features: float = Field(
-        0.0, ge=0, le=100, description="weight of feature distillation: each pruned stage's "
+        1.0, ge=0, le=100, description="weight of feature distillation: each pruned stage's "
                                        "output learns the teacher's at the channels it kept")
     seed: int | None = Field(None, description="default: model.train.seed")
 

@@ -64,11 +64,11 @@ class FinetuneSettings:
     schedule: str = "onecycle"
     warmup: float = 0.15
     distill_alpha: float = 0.5
-    distill_temperature: float = 4.0
+    distill_temperature: float = 1.0
     exit_weights: tuple[float, ...] = ()
     seed: int = 0
     distill_target: str = "final"
-    distill_features: float = 0.0
+    distill_features: float = 1.0
 
     def __post_init__(self) -> None:
         if self.distill_target not in DISTILL_TARGETS:

@@ -5,15 +5,17 @@ For the reference model (experiments/fashion_mnist.yaml) at ratios 0, 0.25, 0.5 
 pruned model is finetuned several times with the same budget (``--train-subset`` samples,
 ``--epochs`` or ``--steps``, the same schedule, subset and seed): with cross-entropy only
 (plain), and with cross-entropy mixed with KL to the unpruned model's softened logits
-(distillation; one variant per ``--temperature``). Every
-variant is built into a bundle by ``CandidateBuilder`` (fp32, one graph) and measured by one
+(distillation; one variant per ``--temperature``), and with that plus feature distillation
+(each pruned stage's output also learns the teacher's output at the channels it kept; one variant
+per ``--features`` weight, at the first temperature). Every variant is built into a bundle
+by ``CandidateBuilder`` (fp32, one graph) and measured by one
 ``LocalDeviceAgent`` in one run: the variants are interleaved, ``--rounds`` rounds in a rotating
 order, each round a full measurement (accuracy over the eval set, one sample at a time, then a
 fixed number of timed runs); p50/p95 are the median over the rounds.
 
     PYTHONPATH=$PWD .venv/bin/python experiments/benchmarks/pruning_bench.py \\
         [--baseline-cache /work/refruns/cache] [--workdir runs/pruning_bench] \\
-        [--train-subset 20000] [--epochs 3] [--temperature 4 1] [--rounds 3]
+        [--train-subset 20000] [--epochs 3] [--temperature 1 4] [--features 1] [--rounds 3]
 
 The fp32 model is not trained here: its cache (``<baseline-cache>/baseline``) is copied into the
 workdir's cache. Pruned and finetuned models are cached in the workdir (a rerun measures only).
@@ -127,11 +129,12 @@ def build_variants(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]
                        distill_target=args.distill_target or base.finetune.distill_target)
     alpha = base.finetune.distill_alpha if args.alpha is None else args.alpha
     pruning = replace(base.pruning, importance=args.importance or base.pruning.importance)
-    settings = {"plain": replace(base, finetune=replace(finetune, distill_alpha=0.0),
+    settings = {"plain": replace(base, finetune=replace(finetune, distill_alpha=0.0,
+                                                        distill_features=0.0),
                                  pruning=pruning)}
     for tau in args.temperature or [base.finetune.distill_temperature]:
         settings[f"KD T={tau:g}"] = replace(base, pruning=pruning, finetune=replace(
-            finetune, distill_alpha=alpha, distill_temperature=tau))
+            finetune, distill_alpha=alpha, distill_temperature=tau, distill_features=0.0))
     first_tau = (args.temperature or [base.finetune.distill_temperature])[0]
     for weight in args.features:
         settings[f"KD T={first_tau:g} +feat {weight:g}"] = replace(

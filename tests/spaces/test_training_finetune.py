@@ -231,14 +231,15 @@ def test_feature_distillation_pulls_pruned_stages_towards_the_teachers_kept_chan
         return sum(float(F.mse_loss(a, b.index_select(1, k)))
                    for a, b, k in zip(s, t, kept, strict=True))
 
-    plain = feature_error(FinetuneSettings(epochs=3, lr=5e-3, distill_alpha=0.0))
+    plain = feature_error(FinetuneSettings(epochs=3, lr=5e-3, distill_alpha=0.0,
+                                           distill_features=0.0))
     hinted = feature_error(FinetuneSettings(epochs=3, lr=5e-3, distill_alpha=0.0,
                                             distill_features=1.0))
     assert hinted < plain
 
 
 def test_feature_weight_is_in_the_dict_only_when_set() -> None:
-    assert "distill_features" not in FinetuneSettings().to_dict()
-    assert FinetuneSettings(distill_features=0.5).to_dict()["distill_features"] == 0.5
+    assert "distill_features" not in FinetuneSettings(distill_features=0.0).to_dict()
+    assert FinetuneSettings().to_dict()["distill_features"] == 1.0
     with pytest.raises(BuildError, match="distill_features"):
         FinetuneSettings(distill_features=-1.0)
