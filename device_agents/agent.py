@@ -63,6 +63,7 @@ class LocalDeviceAgent:
         self.threads = threads
         self.providers = providers
         self.isolate = isolate
+        self._spare: subprocess.Popen[str] | None = None
         self.agent_id = agent_id or f"{device_class}-{uuid.uuid4().hex[:8]}"
         if cores and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(cores))
@@ -131,7 +132,8 @@ class LocalDeviceAgent:
 
     def _measure_in_child(self, directory: Path, eval_path: Path,
                           request: MeasureRequest) -> Measurement:
-        """Run the protocol in a fresh ``python -m device_agents.measure_child`` process."""
+        """Run the protocol in a fresh measuring process (the spare started after the last one,
+        already past its imports; a new one when the spare is gone)."""
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
             job, result = Path(tmp) / "job.json", Path(tmp) / "measurement.pkl"
             job.write_text(json.dumps({
@@ -139,20 +141,42 @@ class LocalDeviceAgent:
                 "protocol": request.protocol.to_dict(), "digest": request.bundle_digest,
                 "providers": list(self.providers), "agent_id": self.agent_id,
                 "cores": list(self.cores), "parent_pid": os.getpid()}))
-            package_root = str(Path(__file__).resolve().parents[1])
-            env = {**os.environ,
-                   "PYTHONPATH": os.pathsep.join(p for p in (package_root,
-                                                             os.environ.get("PYTHONPATH")) if p)}
-            done = subprocess.run([sys.executable, "-m", "device_agents.measure_child",
-                                   str(job), str(result)], capture_output=True, text=True,
-                                  env=env, check=False)
-            if done.returncode != 0 or not result.is_file():
-                lines = (done.stderr or "").strip().splitlines()
-                why = lines[-1] if lines else f"exit status {done.returncode}"
-                if done.returncode < 0:
-                    why = f"killed by signal {-done.returncode} (a crash, or out of memory)"
+            child = self._take_spare()
+            try:
+                _, stderr = child.communicate(f"{job}\t{result}\n")
+            except BrokenPipeError:  # the spare died just now: start a fresh one
+                child = self._spawn_child()
+                _, stderr = child.communicate(f"{job}\t{result}\n")
+            self._spare = self._spawn_child()  # ready for the next request
+            if child.returncode != 0 or not result.is_file():
+                lines = (stderr or "").strip().splitlines()
+                why = lines[-1] if lines else f"exit status {child.returncode}"
+                if child.returncode < 0:
+                    why = f"killed by signal {-child.returncode} (a crash, or out of memory)"
                 raise MeasurementError(f"measuring process failed: {why}")
             return pickle.loads(result.read_bytes())
+
+    def _spawn_child(self) -> subprocess.Popen[str]:
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root,
+                                                         os.environ.get("PYTHONPATH")) if p)}
+        return subprocess.Popen([sys.executable, "-m", "device_agents.measure_child", "--wait",
+                                 str(os.getpid())], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=env)
+
+    def _take_spare(self) -> subprocess.Popen[str]:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.poll() is None:
+            return spare
+        return self._spawn_child()
+
+    def close(self) -> None:
+        """Let the spare measuring process go (it exits at the end of its input)."""
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.poll() is None:
+            spare.communicate("")
 
     def heartbeat(self) -> float:
         """Record that the agent answered now; return the time."""

@@ -1,8 +1,11 @@
 """A measurement in a process of its own: ``python -m device_agents.measure_child JOB RESULT``.
 
 ``JOB`` is a JSON file (bundle directory, eval-set file, protocol, digest, providers, cores);
-the :class:`Measurement` is pickled to ``RESULT``. The agent starts one per measurement, so
-that peak memory is the bundle's own and a crash of onnxruntime costs one trial, not the agent.
+the :class:`Measurement` is pickled to ``RESULT``. The agent uses one process per measurement,
+so that peak memory is the bundle's own and a crash of onnxruntime costs one trial, not the
+agent. ``python -m device_agents.measure_child --wait PARENT_PID`` starts a spare: it imports
+everything, then reads ``JOB<TAB>RESULT`` from stdin (the agent keeps one ready, so the start-up
+of about 0.25 s is off the next request's path); end of input makes it exit.
 """
 
 from __future__ import annotations
@@ -50,5 +53,17 @@ def main(job_path: str, result_path: str) -> int:
     return 0
 
 
+def wait_for_job(parent_pid: int) -> int:
+    """The spare's life: wait for one job on stdin, run it, exit."""
+    die_with_parent(parent_pid)
+    line = sys.stdin.readline().strip()
+    if not line:
+        return 0  # the agent closed it unused
+    job_path, result_path = line.split("\t")
+    return main(job_path, result_path)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--wait":
+        sys.exit(wait_for_job(int(sys.argv[2])))
     sys.exit(main(sys.argv[1], sys.argv[2]))

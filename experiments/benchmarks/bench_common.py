@@ -54,3 +54,53 @@ def write_json(workdir: Path, name: str, payload: Mapping[str, Any]) -> Path:
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
     console.print(f"results written to {path}")
     return path
+
+
+def copy_baseline(source: Path | None, cache: Path) -> None:
+    """Reuse a trained fp32 model: copy ``<source>/baseline`` into a workdir's cache.
+
+    ``source`` is another workdir's cache (training the reference model takes ~45 CPU-minutes).
+    Nothing to copy (``None``, or no model there) leaves the study to train its own.
+    """
+    import shutil
+
+    if source is None or not (source / "baseline").is_dir():
+        return
+    target = cache / "baseline"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in (source / "baseline").iterdir():
+        if path.suffix in (".pt", ".json") and not (target / path.name).exists():
+            shutil.copyfile(path, target / path.name)
+
+
+def measure_interleaved(bundles: Mapping[str, Path], eval_set: Any, workdir: Path, *,
+                        rounds: int, runs: int, core: int | None = None) -> dict[str, list[Any]]:
+    """Measure every bundle ``rounds`` times with one agent, interleaved in a rotating order.
+
+    Each round is a full measurement (accuracy over ``eval_set``, then ``runs`` timed runs after
+    100 warm-up runs), so slow drift of the machine affects every bundle alike.
+    """
+    from device_agents import (
+        BundlePayload,
+        EvalSetPayload,
+        LocalDeviceAgent,
+        MeasurementProtocol,
+        MeasureRequest,
+    )
+
+    payload = EvalSetPayload.from_eval_set(eval_set)
+    agent = LocalDeviceAgent(device_class="bench", threads=1, cache_dir=workdir / "agent",
+                             cores=None if core is None else (core,))
+    protocol = MeasurementProtocol(threads=1, warmup_runs=100, warmup_seconds=0.2,
+                                   min_runs=runs, max_runs=runs, round_runs=100)
+    names = list(bundles)
+    results: dict[str, list[Any]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            bundle = BundlePayload.from_directory(bundles[name])
+            results[name].append(agent.measure(MeasureRequest(
+                bundle_digest=bundle.digest, bundle=bundle,
+                eval_set_digest=payload.digest, eval_set=payload, protocol=protocol)))
+        console.print(f"round {r + 1}/{rounds} measured")
+    return results

@@ -113,3 +113,45 @@ def test_the_agent_fetches_each_payload_once_and_then_reads_its_cache(
     info = agent.info()
     assert (info["eval_set_fetches"], info["bundle_fetches"], info["measurements"]) == (1, 2, 4)
     assert info["busy"] is False and info["last_heartbeat"] >= info["started"]
+
+
+def _request(make_bundle, cascade, protocol):
+    from device_agents import BundlePayload, MeasureRequest
+
+    payload = EvalSetPayload.from_eval_set(EvalSet(inputs=np.eye(4, dtype=np.float32),
+                                                   labels=np.arange(4) % 3))
+    directory, digest = make_bundle(cascade.TWO_STAGE)
+    return MeasureRequest(bundle_digest=digest, bundle=BundlePayload.from_directory(directory),
+                          eval_set_digest=payload.digest, eval_set=payload, protocol=protocol)
+
+
+def test_each_measurement_runs_in_the_spare_started_after_the_last_one(
+        tmp_path, make_bundle, cascade, fast_protocol):
+    from device_agents import LocalDeviceAgent
+
+    request = _request(make_bundle, cascade, fast_protocol)
+    agent = LocalDeviceAgent(device_class="test", cache_dir=tmp_path / "cache")
+    first = agent.measure(request)
+    spare = agent._spare
+    assert spare is not None and spare.poll() is None  # waiting, imports done, for the next job
+    second = agent.measure(request)
+    assert spare.wait(timeout=10) == 0  # it ran the second measurement and exited
+    assert agent._spare is not None and agent._spare.pid != spare.pid  # a new one waits
+    assert second.accuracy == first.accuracy
+    waiting = agent._spare
+    agent.close()  # the waiting spare reads the end of its input and exits cleanly
+    assert waiting.poll() == 0 and agent._spare is None
+
+
+def test_a_dead_spare_is_replaced_and_the_measurement_still_runs(
+        tmp_path, make_bundle, cascade, fast_protocol):
+    from device_agents import LocalDeviceAgent
+
+    request = _request(make_bundle, cascade, fast_protocol)
+    agent = LocalDeviceAgent(device_class="test", cache_dir=tmp_path / "cache")
+    agent.measure(request)
+    assert agent._spare is not None
+    agent._spare.kill()
+    agent._spare.wait(timeout=10)
+    assert agent.measure(request).n_eval == 4
+    agent.close()
