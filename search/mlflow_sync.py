@@ -78,7 +78,9 @@ class MlflowMirror:
     """
 
     def __init__(self, workdir: Path, study: str, experiment: str | None = None, *,
-                 bundles: BundleMode = "front", plots: bool = True) -> None:
+                 bundles: BundleMode = "front", plots: bool = True,
+                 redraw_every_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.workdir = Path(workdir)
         self.study = study
         self.experiment = experiment
@@ -89,6 +91,9 @@ class MlflowMirror:
         self._baseline_done = False
         self._steps: set[int] | None = None
         self._drawn: str | None = None
+        self.redraw_every_s = redraw_every_s
+        self._clock = clock
+        self._drawn_at: float | None = None
 
     def reset(self) -> None:
         """Forget what is known about the store (after a failure: re-read it next time)."""
@@ -191,6 +196,9 @@ class MlflowMirror:
         if self._drawn == drawn or (snapshot.running
                                     and self._drawn.split(";")[0] == drawn.split(";")[0]):
             return []  # the front did not change: the pictures would be the same
+        if snapshot.running and self._drawn_at is not None and \
+                self._clock() - self._drawn_at < self.redraw_every_s:
+            return []  # drawn a moment ago: the next sync (or the final one) draws this front
         files: dict[str, str | bytes] = {
             "pareto.csv": records_csv(list(snapshot.front.members)),
             "hypervolume_history.csv": history_csv(snapshot.history)}
@@ -203,6 +211,7 @@ class MlflowMirror:
         store.log_files(parent, files)
         store.set_tags(parent, {DRAWN_TAG: drawn})
         self._drawn = drawn
+        self._drawn_at = self._clock()
         return sorted(files)
 
 

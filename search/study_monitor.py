@@ -18,6 +18,9 @@ from search.records import TrialRecord
 from search.workspace import Workspace
 
 log = logging.getLogger(__name__)
+#: While a study runs, its pictures in MLflow are redrawn at most this often (the final sync
+#: always draws the final front).
+LIVE_REDRAW_EVERY_S = 30.0
 
 
 class Tracker(Protocol):
@@ -59,10 +62,13 @@ class StudyMonitor:
         if not t.mlflow:
             return NullTracker()
         from search.mlflow_sync import LiveTracking, MlflowMirror
+        from search.tracking_thread import BackgroundTracking
 
         mirror = MlflowMirror(self.workspace.workdir, self.config.study, t.experiment,
-                              bundles=t.bundles, plots=t.plots)
-        return LiveTracking(mirror, retry_after_s=t.retry_after_s, warn=self.warn)
+                              bundles=t.bundles, plots=t.plots,
+                              redraw_every_s=LIVE_REDRAW_EVERY_S)
+        return BackgroundTracking(LiveTracking(mirror, retry_after_s=t.retry_after_s,
+                                               warn=self.warn), warn=self.warn)
 
     def print(self, text: str) -> None:
         self.display.print(text)

@@ -163,3 +163,28 @@ def test_search_best_returns_the_bundle_and_exports_it(workdir, tmp_path) -> Non
     target = chosen.export(tmp_path / "deploy")
     verify_bundle(target, chosen.record.bundle_digest)
     assert (target / "README.md").is_file()
+
+
+def test_live_pictures_are_redrawn_at_most_every_interval_and_always_at_the_end(
+        workdir, tmp_path) -> None:
+    from search.mlflow_sync import StudySnapshot
+
+    runs, _ = workdir
+    records, attrs = load_records(Workspace(runs, "live"))
+    now = [0.0]
+    mirror = MlflowMirror(tmp_path, "live", bundles="none", plots=False, redraw_every_s=60.0,
+                          clock=lambda: now[0])
+
+    def snapshot(upto: int, running: bool = True) -> StudySnapshot:
+        part = records[:upto]
+        history = HypervolumeHistory.replay(part, attrs["max_accuracy_drop"])
+        return StudySnapshot.of("live", part, history, {"device": {"class": "local"}}, runs,
+                                running=running)
+
+    first, second = snapshot(2), snapshot(len(records))
+    assert first.front.numbers != second.front.numbers
+    assert "pareto.csv" in mirror.sync(first).artifacts
+    now[0] = 10.0
+    assert mirror.sync(second).artifacts == []  # the front changed, but 10 s ago it was drawn
+    now[0] = 20.0
+    assert "pareto.csv" in mirror.sync(snapshot(len(records), running=False)).artifacts
