@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -64,6 +65,7 @@ class LocalDeviceAgent:
         self.providers = providers
         self.isolate = isolate
         self._spare: subprocess.Popen[str] | None = None
+        self._spawner: ThreadPoolExecutor | None = None
         self.agent_id = agent_id or f"{device_class}-{uuid.uuid4().hex[:8]}"
         if cores and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(cores))
@@ -157,6 +159,18 @@ class LocalDeviceAgent:
             return pickle.loads(result.read_bytes())
 
     def _spawn_child(self) -> subprocess.Popen[str]:
+        """Start a measuring process from the agent's spawner thread.
+
+        The child asks Linux to kill it when its parent *thread* dies (PR_SET_PDEATHSIG), and a
+        Ray actor may run each call on a short-lived thread; the spawner thread lives as long
+        as the agent, so a spare survives the call that started it.
+        """
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(max_workers=1,
+                                               thread_name_prefix="measure-spawner")
+        return self._spawner.submit(self._popen_child).result()
+
+    def _popen_child(self) -> subprocess.Popen[str]:
         package_root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(p for p in (package_root,
