@@ -40,7 +40,8 @@ def reduced_config(path: Path, prune_max: float, prune_step: float, threshold: f
         "quantization": config.quantization.model_copy(update={"groups": "stages"}),
         "pruning": config.pruning.model_copy(update={"ratio_max": prune_max,
                                                      "ratio_step": prune_step}),
-        "early_exit": config.early_exit.model_copy(update={"threshold": (threshold, threshold)}),
+        "early_exit": config.early_exit.model_copy(update={
+            "threshold": (threshold, threshold), "thresholds": "shared", "scale": "linear"}),
     })
 
 
@@ -199,7 +200,20 @@ def main() -> None:
         f"{len(exhaustive.members)} trials, hypervolume {limit:.4f} (median of {args.seeds} "
         f"seeds; % of the exhaustive hypervolume)",
         ["sampler", *(f"after {n}" for n in checkpoints), "measurements to 95 %"], rows))
+    quarter = max(2, size // 4)
+    tpe_needed = results["tpe"]["median_trials_to_95pct"]
+    within = tpe_needed is not None and tpe_needed <= quarter
+    tpe_curves, random_curves = results["tpe"]["curves"], results["random"]["curves"]
+    beats = {n: statistics.median(c[n - 1] for c in tpe_curves)
+             >= statistics.median(c[n - 1] for c in random_curves) for n in checkpoints}
+    console.print(
+        f"default sampler: 95 % of the exhaustive hypervolume after "
+        f"{'-' if tpe_needed is None else f'{tpe_needed:g}'} measurements (target: within "
+        f"{quarter}, 25 % of {size}): " + ("[green]met[/green]" if within else "[red]not met[/red]")
+        + "; median hypervolume >= random's at "
+        + ", ".join(f"{n}: {'yes' if ok else 'no'}" for n, ok in beats.items()))
     write_json(args.workdir, f"search_efficiency-{config.study}", {
+        "target_95pct_within_quarter": within, "tpe_at_least_random_at": beats,
         "configurations": size, "exhaustive_hypervolume": limit,
         "exhaustive_front": [r.candidate for r in exhaustive.members],
         "checkpoints": checkpoints, "results": results})
