@@ -122,6 +122,7 @@ class RayAgentPool:
         self._local_factory = local_factory
         self._orphans: list[Completed] = []  # trials that failed outside poll (heartbeats)
         self._pending_local = [(h, False) for h in agents or []]
+        self._owns_cluster = False  # set by start_local when it started the Ray cluster
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -134,6 +135,7 @@ class RayAgentPool:
 
         cpus = os.cpu_count() or 1
         plan, builder_cores = local_core_plan(cpus, count)
+        owns_cluster = not ray.is_initialized()
         start_ray(None, num_cpus=cpus, resources={device_resource(device_class): count})
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(builder_cores))
@@ -146,7 +148,14 @@ class RayAgentPool:
 
         pool = cls(device_class, [factory(i) for i in range(count)], local_factory=factory,
                    threads=threads, cache_dir=cache_dir, **kwargs)
-        pool.wait_ready()
+        # the cluster's agent resources are fixed at its start: a later study in this process
+        # (another agent count) needs a cluster of its own
+        pool._owns_cluster = owns_cluster
+        try:
+            pool.wait_ready()
+        except BaseException:
+            pool.close()
+            raise
         return pool
 
     @classmethod
@@ -348,8 +357,14 @@ class RayAgentPool:
         return []
 
     def close(self) -> None:
-        """Stop the agents this pool created; agents started on devices keep running."""
+        """Stop the agents this pool created (and the local cluster, when it started it);
+        agents started on devices keep running."""
         self._roster.close()
+        if self._owns_cluster:
+            import ray
+
+            self._owns_cluster = False
+            ray.shutdown()
 
 
 def _is_agent_loss(exc: BaseException) -> bool:

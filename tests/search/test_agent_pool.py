@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -152,3 +153,30 @@ def test_an_unreachable_device_address_fails_at_once_naming_the_field() -> None:
                           timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
     assert done.stdout.startswith("device.address: the Ray head at 127.0.0.1:1 is not "
                                   "reachable"), done.stdout + done.stderr
+
+
+def test_a_local_pool_stops_the_cluster_it_started_so_the_next_study_gets_its_agents(
+        tmp_path) -> None:
+    """Two studies in one process with 1, then 2 local agents: the cluster's agent resources
+    are fixed when it starts, so the first pool must not leave its cluster behind."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f'''
+        import ray
+        from search.agent_pool import RayAgentPool
+        for count in (1, 2):
+            pool = RayAgentPool.start_local("local", count, cache_dir={str(tmp_path)!r},
+                                            wait_for_agents_s=60)
+            print("agents", len(pool.agents))
+            pool.close()
+            print("cluster up", ray.is_initialized())
+    ''')
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["agents", "1", "cluster", "up", "False",
+                                   "agents", "2", "cluster", "up", "False"]
