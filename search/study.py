@@ -382,9 +382,9 @@ class StudyRunner:
                     self._interrupt(pending)
                 self._pending, self._ready = {}, []
             finally:
+                timing = self.clock.times()  # the trials' time: stopping the agents is not
                 dispatcher.close()
             self._show(f"stopped: {stop_reason}")
-        timing = self.clock.times()
         self._study.set_user_attr("timing", timing.to_dict())
         self.monitor.sync(self.records(), final=True)
         records = self.records()

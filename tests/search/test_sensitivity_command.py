@@ -118,5 +118,6 @@ def test_the_study_is_seeded_from_the_sensitivity(write_config, tmp_path: Path) 
     # resuming neither recomputes nor seeds again
     (workspace.study_dir / "sensitivity.json").unlink()
     again = runner().run(RunOptions(trials=5))
-    assert len(again.records) == 5
+    # a repeated candidate reuses its measurement and does not count against the budget
+    assert sum(r.reused_from is None for r in again.records) == 5
     assert not (workspace.study_dir / "sensitivity.json").exists()
