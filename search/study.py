@@ -228,13 +228,7 @@ class StudyRunner:
     def _tell_reused(self, pending: _Pending, twin: TrialRecord) -> None:
         trial = pending.trial
         metrics = dict(twin.metrics)
-        c = self.config.constraints
-        assert self._baseline_accuracy is not None
-        for name, value in constraint_values(
-                metrics, baseline_accuracy=self._baseline_accuracy,
-                max_accuracy_drop=c.max_accuracy_drop, latency_p95_ms=c.latency_p95_ms,
-                size_kb=c.size_kb).items():
-            trial.set_constraint(name, value)
+        self._set_constraints(trial, metrics)
         for key, value in (("metrics", metrics), ("reused_from", twin.number),
                            ("bundle", twin.bundle), ("bundle_digest", twin.bundle_digest),
                            ("agent_id", twin.agent_id), ("fingerprint", dict(twin.fingerprint))):
@@ -243,6 +237,16 @@ class StudyRunner:
         self.monitor.print(f"trial {trial.number:>3} {pending.candidate.describe():<44} "
                            f"repeats trial {twin.number}: measurement reused")
         self._refresh()
+
+    def _set_constraints(self, trial: Any, metrics: dict[str, float]) -> None:
+        """The accuracy band (and any latency/size limits) as Optuna constraints."""
+        c = self.config.constraints
+        assert self._baseline_accuracy is not None
+        for name, value in constraint_values(
+                metrics, baseline_accuracy=self._baseline_accuracy,
+                max_accuracy_drop=c.max_accuracy_drop, latency_p95_ms=c.latency_p95_ms,
+                size_kb=c.size_kb).items():
+            trial.set_constraint(name, value)
 
     def _told(self, pending: _Pending) -> TrialRecord:
         return record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
@@ -292,13 +296,7 @@ class StudyRunner:
         metrics = trial_metrics(measurement, pending.candidate, pending.built.info,
                                 self._baseline_accuracy)
         metrics["build_s"] = pending.built.build_seconds
-        c = self.config.constraints
-        assert self._baseline_accuracy is not None
-        for name, value in constraint_values(
-                metrics, baseline_accuracy=self._baseline_accuracy,
-                max_accuracy_drop=c.max_accuracy_drop, latency_p95_ms=c.latency_p95_ms,
-                size_kb=c.size_kb).items():
-            pending.trial.set_constraint(name, value)
+        self._set_constraints(pending.trial, metrics)
         pending.trial.set_user_attr("metrics", metrics)
         pending.trial.set_user_attr("agent_id", done.agent_id or measurement.agent_id)
         pending.trial.set_user_attr("fingerprint", dict(measurement.fingerprint))

@@ -114,3 +114,32 @@ def _restore_affinity():
     yield
     if before is not None:
         os.sched_setaffinity(0, before)
+
+
+def _matmul_bundle(directory: Path, features: int = 64, classes: int = 10):
+    """A one-stage bundle: logits = input @ W (a few microseconds a run)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from device_agents import BundleManifest, BundlePayload, InputSpec, StageSpec, write_bundle
+
+    weights = np.random.default_rng(0).normal(size=(features, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
+        [helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.flatten())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    manifest = BundleManifest(input=InputSpec("input", (1, features)),
+                              stages=(StageSpec("model", "model.onnx", ""),), num_classes=classes)
+    write_bundle(directory, manifest, {"model.onnx": model.SerializeToString()})
+    onnx.checker.check_model(str(directory / "model.onnx"))
+    return BundlePayload.from_directory(directory)
+
+
+@pytest.fixture(scope="session")
+def matmul_bundle():
+    """Writes a one-stage MatMul bundle into a directory and returns its payload."""
+    return _matmul_bundle

@@ -7,41 +7,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from device_agents import (
-    BundleManifest,
     BundlePayload,
     EvalSet,
     EvalSetPayload,
-    InputSpec,
     MeasurementProtocol,
     MeasureRequest,
-    StageSpec,
-    write_bundle,
 )
 from search.agent_pool import RayAgentPool, local_core_plan
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def matmul_bundle(directory: Path, features: int = 64, classes: int = 10) -> BundlePayload:
-    """A one-stage bundle: logits = input @ W (a few microseconds a run)."""
-    weights = np.random.default_rng(0).normal(size=(features, classes)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["logits"])], "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
-        [helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.flatten())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    manifest = BundleManifest(input=InputSpec("input", (1, features)),
-                              stages=(StageSpec("model", "model.onnx", ""),), num_classes=classes)
-    write_bundle(directory, manifest, {"model.onnx": model.SerializeToString()})
-    onnx.checker.check_model(str(directory / "model.onnx"))
-    return BundlePayload.from_directory(directory)
 
 
 def request(payload: BundlePayload, eval_payload: EvalSetPayload, ref: object,
@@ -74,7 +51,8 @@ def collect(pool: RayAgentPool, count: int, limit_s: float = 120) -> list:
     return done
 
 
-def test_two_agents_measure_in_parallel(ray_cluster, tmp_path, eval_payload) -> None:
+def test_two_agents_measure_in_parallel(ray_cluster, tmp_path, eval_payload,
+                                       matmul_bundle) -> None:
     payload = matmul_bundle(tmp_path / "b")
     pool = RayAgentPool.start_local("local", 2, cache_dir=str(tmp_path / "agents"))
     try:
@@ -96,7 +74,8 @@ def test_two_agents_measure_in_parallel(ray_cluster, tmp_path, eval_payload) -> 
         pool.close()
 
 
-def test_a_killed_agent_hands_its_trial_to_another(ray_cluster, tmp_path, eval_payload) -> None:
+def test_a_killed_agent_hands_its_trial_to_another(ray_cluster, tmp_path, eval_payload,
+                                                   matmul_bundle) -> None:
     import ray
 
     payload = matmul_bundle(tmp_path / "b")
@@ -123,7 +102,8 @@ def test_a_killed_agent_hands_its_trial_to_another(ray_cluster, tmp_path, eval_p
 
 
 def test_a_hung_agent_times_out_and_the_trial_fails_after_its_retries(ray_cluster, tmp_path,
-                                                                      eval_payload) -> None:
+                                                                      eval_payload, matmul_bundle
+                                                                      ) -> None:
     payload = matmul_bundle(tmp_path / "b")
     pool = RayAgentPool.start_local("local", 1, cache_dir=str(tmp_path / "agents"),
                                     retries=0, timeout_s=2.0)

@@ -20,20 +20,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from device_agents import (
-    BundleManifest,
-    BundlePayload,
     EvalSet,
     EvalSetPayload,
-    InputSpec,
     MeasurementProtocol,
     MeasureRequest,
-    StageSpec,
-    write_bundle,
 )
 from device_agents.ray_actor import create_agent
 from device_agents.registry import (
@@ -54,22 +47,6 @@ FAST = MeasurementProtocol(warmup_runs=5, warmup_seconds=0.0, min_runs=20, max_r
 #: A measurement that runs for about 20 seconds (warm-up by time).
 LONG = MeasurementProtocol(warmup_runs=5, warmup_seconds=20.0, min_runs=20, max_runs=100,
                            round_runs=10)
-
-
-def matmul_bundle(directory: Path, features: int = 64, classes: int = 10) -> BundlePayload:
-    weights = np.random.default_rng(0).normal(size=(features, classes)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["logits"])], "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
-        [helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.flatten())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    manifest = BundleManifest(input=InputSpec("input", (1, features)),
-                              stages=(StageSpec("model", "model.onnx", ""),), num_classes=classes)
-    write_bundle(directory, manifest, {"model.onnx": model.SerializeToString()})
-    onnx.checker.check_model(str(directory / "model.onnx"))
-    return BundlePayload.from_directory(directory)
 
 
 def eval_payload(seed: int) -> EvalSetPayload:
@@ -116,7 +93,7 @@ def _restart_session_cluster() -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+def fleet(tmp_path_factory, matmul_bundle):
     import ray
     from ray.cluster_utils import Cluster
 
