@@ -67,10 +67,15 @@ class LocalDeviceAgent:
         self._spare: subprocess.Popen[str] | None = None
         self._spawner: ThreadPoolExecutor | None = None
         self.agent_id = agent_id or f"{device_class}-{uuid.uuid4().hex[:8]}"
+        allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
         if cores and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(cores))
         self.cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(
             os, "sched_getaffinity") else ()
+        #: Where a spare measuring process starts up (it moves to the agent's cores for its
+        #: job): the other cores this process may use, so that it starts while a measurement
+        #: is being timed without touching the measured core; none when there are no others.
+        self._spare_cores = tuple(sorted(allowed - set(self.cores)))
         self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "paretoedge-agent")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._eval_sets: dict[str, EvalSet] = {}
@@ -144,12 +149,15 @@ class LocalDeviceAgent:
                 "providers": list(self.providers), "agent_id": self.agent_id,
                 "cores": list(self.cores), "parent_pid": os.getpid()}))
             child = self._take_spare()
+            if self._spare_cores:  # the next one starts up on other cores while this one times
+                self._spare = self._spawn_child()
             try:
                 _, stderr = child.communicate(f"{job}\t{result}\n")
             except BrokenPipeError:  # the spare died just now: start a fresh one
                 child = self._spawn_child()
                 _, stderr = child.communicate(f"{job}\t{result}\n")
-            self._spare = self._spawn_child()  # ready for the next request
+            if self._spare is None:  # no other core: start the next one after timing
+                self._spare = self._spawn_child()
             if child.returncode != 0 or not result.is_file():
                 lines = (stderr or "").strip().splitlines()
                 why = lines[-1] if lines else f"exit status {child.returncode}"
@@ -175,8 +183,9 @@ class LocalDeviceAgent:
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(p for p in (package_root,
                                                          os.environ.get("PYTHONPATH")) if p)}
+        start_on = ",".join(str(c) for c in self._spare_cores)
         return subprocess.Popen([sys.executable, "-m", "device_agents.measure_child", "--wait",
-                                 str(os.getpid())], stdin=subprocess.PIPE,
+                                 str(os.getpid()), start_on], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env=env)
 

@@ -3,13 +3,15 @@
 ``JOB`` is a JSON file (bundle directory, eval-set file, protocol, digest, providers, cores);
 the :class:`Measurement` is pickled to ``RESULT``. The agent uses one process per measurement,
 so that peak memory is the bundle's own and a crash of onnxruntime costs one trial, not the
-agent. ``python -m device_agents.measure_child --wait PARENT_PID`` starts a spare: it imports
-everything, then reads ``JOB<TAB>RESULT`` from stdin (the agent keeps one ready, so the start-up
-of about 0.25 s is off the next request's path); end of input makes it exit.
+agent. ``python -m device_agents.measure_child --wait PARENT_PID [CORES]`` starts a spare: it
+imports everything (on ``CORES``, e.g. ``0,2``, when given), then reads ``JOB<TAB>RESULT`` from
+stdin (the agent keeps one ready, so the start-up of about 0.3 s is off the next request's path);
+end of input makes it exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -53,9 +55,13 @@ def main(job_path: str, result_path: str) -> int:
     return 0
 
 
-def wait_for_job(parent_pid: int) -> int:
-    """The spare's life: import the runtime, wait for one job on stdin, run it, exit."""
+def wait_for_job(parent_pid: int, start_cores: str = "") -> int:
+    """The spare's life: import the runtime (on ``start_cores``, off the agent's measured
+    cores), wait for one job on stdin, run it (pinned to the job's cores), exit."""
     die_with_parent(parent_pid)
+    if start_cores and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):  # a core taken away since: start where it is
+            os.sched_setaffinity(0, {int(c) for c in start_cores.split(",")})
     import onnxruntime  # noqa: F401  (~0.15 s: done while waiting, not while measuring)
 
     line = sys.stdin.readline().strip()
@@ -67,5 +73,5 @@ def wait_for_job(parent_pid: int) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--wait":
-        sys.exit(wait_for_job(int(sys.argv[2])))
+        sys.exit(wait_for_job(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""))
     sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -155,3 +155,28 @@ def test_a_dead_spare_is_replaced_and_the_measurement_still_runs(
     agent._spare.wait(timeout=10)
     assert agent.measure(request).n_eval == 4
     agent.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores and CPU affinity")
+def test_the_next_spare_starts_up_on_the_other_cores_while_one_is_timed(
+        tmp_path, make_bundle, cascade, fast_protocol):
+    from device_agents import LocalDeviceAgent
+
+    request = _request(make_bundle, cascade, fast_protocol)
+    original = os.sched_getaffinity(0)
+    measured = max(original)
+    try:
+        agent = LocalDeviceAgent(device_class="test", cache_dir=tmp_path / "cache",
+                                 cores=(measured,))
+        agent.measure(request)
+        spare = agent._spare
+        assert spare is not None and spare.poll() is None
+        deadline = time.monotonic() + 10
+        while measured in os.sched_getaffinity(spare.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.sched_getaffinity(spare.pid) == original - {measured}
+        assert agent.measure(request).n_eval == 4  # and it measures on the agent's core
+        agent.close()
+    finally:
+        os.sched_setaffinity(0, original)
