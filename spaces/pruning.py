@@ -200,23 +200,23 @@ def kept_stage_channels(unpruned: StagedModel, history: list[Any], example: torc
     with torch.no_grad():
         features, _ = unpruned.eval().features_and_logits(example)
     layers = [_head_input_layer(head) for head in unpruned.heads]
-    widths: list[int | None] = []
+    per_channel: list[int | None] = []  # inputs of the head layer per stage-output channel
     for layer, feature in zip(layers, features, strict=True):
-        width = None if layer is None else (
-            layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels)
+        width = 0 if layer is None else layer.weight.shape[1]
         channels = feature.shape[1] if feature.dim() > 1 else 0
-        usable = layer is not None and channels > 0 and width is not None and width % channels == 0
-        widths.append(width // channels if usable and width else None)
-        if usable and layer is not None:
-            tags = torch.arange(layer.weight.shape[1], dtype=layer.weight.dtype)
-            with torch.no_grad():
-                layer.weight[0] = tags.view(-1, *([1] * (layer.weight.dim() - 2)))
+        if layer is None or channels == 0 or width % channels:
+            per_channel.append(None)
+            continue
+        per_channel.append(width // channels)
+        tags = torch.arange(width, dtype=layer.weight.dtype)
+        with torch.no_grad():
+            layer.weight[0] = tags.view(-1, *([1] * (layer.weight.dim() - 2)))
     replay_pruning(unpruned, history, example)
     kept: list[torch.Tensor | None] = []
-    for layer, per_channel in zip(layers, widths, strict=True):
-        if layer is None or per_channel is None:
+    for layer, inputs_per_channel in zip(layers, per_channel, strict=True):
+        if layer is None or inputs_per_channel is None:
             kept.append(None)
             continue
         tags = layer.weight.detach()[0].reshape(layer.weight.shape[1], -1)[:, 0].round().long()
-        kept.append(torch.unique(tags // per_channel, sorted=True))
+        kept.append(torch.unique(tags // inputs_per_channel, sorted=True))
     return kept

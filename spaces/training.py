@@ -185,17 +185,19 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
                                   weight_decay=settings.weight_decay)
     schedule = _scheduler(optimizer, plan, settings.lr)
     weights = _weights(settings, model.num_stages)
-    teacher_logits: list[torch.Tensor] | None = None
     feature_weight = getattr(settings, "distill_features", 0.0)
     hints = (teacher is not None and feature_weight > 0 and teacher_channels is not None
              and any(c is not None for c in teacher_channels))
-    if teacher is not None and (settings.distill_alpha > 0 or hints):
+    distills = teacher is not None and settings.distill_alpha > 0
+    per_exit = getattr(settings, "distill_target", "final") == "exit"
+    # the teacher's logits: computed once up front, unless it runs batch by batch for the hints
+    teacher_logits: list[torch.Tensor] | None = None
+    if teacher is not None:
         teacher.eval()
-        with torch.no_grad():
-            chunks = [teacher(inputs[i:i + 512]) for i in range(0, n, 512)]
-        per_exit = getattr(settings, "distill_target", "final") == "exit"
-        teacher_logits = [torch.cat([c[k if per_exit else -1] for c in chunks])
-                          for k in range(model.num_stages)]
+        if distills and not hints:
+            with torch.no_grad():
+                chunks = [teacher(inputs[i:i + 512]) for i in range(0, n, 512)]
+            teacher_logits = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
     tau = settings.distill_temperature
     model.train()
     step = 0
@@ -205,21 +207,25 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
             if step >= plan.total_steps:
                 break
             index = order[start:start + settings.batch_size]
-            target = labels[index]
+            batch, target = inputs[index], labels[index]
             loss = torch.zeros(())
-            if hints and teacher is not None and teacher_channels is not None:
-                features, outputs = model.features_and_logits(inputs[index])
+            teacher_out: list[torch.Tensor] | None = None
+            if hints:
+                assert teacher is not None and teacher_channels is not None
+                features, outputs = model.features_and_logits(batch)
                 with torch.no_grad():
-                    teacher_features, _ = teacher.features_and_logits(inputs[index])
+                    teacher_features, teacher_out = teacher.features_and_logits(batch)
                 loss = loss + feature_weight * _feature_loss(features, teacher_features,
                                                              teacher_channels)
             else:
-                outputs = model(inputs[index])
+                outputs = model(batch)
+                if teacher_logits is not None:
+                    teacher_out = [t[index] for t in teacher_logits]
             for k, (weight, logits) in enumerate(zip(weights, outputs, strict=True)):
                 term = F.cross_entropy(logits, target)
-                if teacher_logits is not None and settings.distill_alpha > 0:
+                if distills and teacher_out is not None:
                     soft = F.kl_div(F.log_softmax(logits / tau, dim=1),
-                                    F.softmax(teacher_logits[k][index] / tau, dim=1),
+                                    F.softmax(teacher_out[k if per_exit else -1] / tau, dim=1),
                                     reduction="batchmean") * tau * tau
                     term = (1 - settings.distill_alpha) * term + settings.distill_alpha * soft
                 loss = loss + weight * term
