@@ -139,8 +139,9 @@ class LocalDeviceAgent:
 
     def _measure_in_child(self, directory: Path, eval_path: Path,
                           request: MeasureRequest) -> Measurement:
-        """Run the protocol in a fresh measuring process (the spare started after the last one,
-        already past its imports; a new one when the spare is gone)."""
+        """Run the protocol in a fresh measuring process: the spare, already past its imports
+        (a new one when it is gone); the next spare starts now on the other cores, or after
+        timing when the agent has no other core."""
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
             job, result = Path(tmp) / "job.json", Path(tmp) / "measurement.pkl"
             job.write_text(json.dumps({

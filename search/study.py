@@ -10,12 +10,13 @@ for trials at the first budget reached (:mod:`search.budget`) or at Ctrl-C
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -39,6 +40,7 @@ from search.workspace import Workspace, open_storage
 from spaces import BuildError, BuiltBundle, Candidate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 #: Consecutive repeated candidates after which the search space counts as exhausted.
 EXHAUSTED_AFTER_REPEATS = 25
 __all__ = ["INTERRUPTED", "RunOptions", "StudyRunner", "StudySummary", "Tracker"]
@@ -82,6 +84,17 @@ class _Pending:
     candidate: Candidate
     built: BuiltBundle | None = None
     started: float = field(default_factory=time.perf_counter)
+
+
+def _in_phase(phase: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Count a ``StudyRunner`` method's time in ``phase`` of the runner's phase clock."""
+    def wrap(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def timed(self: StudyRunner, *args: Any, **kwargs: Any) -> T:
+            with self.clock.phase(phase):
+                return method(self, *args, **kwargs)
+        return timed
+    return wrap
 
 
 def make_sampler(name: str, seed: int, trials: int) -> Any:
@@ -176,13 +189,13 @@ class StudyRunner:
             self.monitor.print(f"[yellow]trial {trial.number} was interrupted; re-queued")
 
     # -- trials -------------------------------------------------------------------------------
+    @_in_phase(ASK)
     def _ask(self, prepared: Prepared) -> _Pending:
-        with self.clock.phase(ASK):
-            trial = self._study.ask()
-            candidate = prepared.space.suggest(trial)
-            trial.set_user_attr("candidate", candidate.to_dict())
-            trial.set_user_attr("device_class", self.config.device.class_)
-            return _Pending(trial, candidate)
+        trial = self._study.ask()
+        candidate = prepared.space.suggest(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        trial.set_user_attr("device_class", self.config.device.class_)
+        return _Pending(trial, candidate)
 
     def _build(self, pending: _Pending, prepared: Prepared) -> bool:
         directory = self.workspace.bundle_dir(pending.trial.number)
@@ -209,6 +222,7 @@ class StudyRunner:
                               eval_set_digest=eval_digest, eval_set=eval_ref,
                               protocol=protocol, trial_number=pending.trial.number)
 
+    @_in_phase(ASK)
     def _measured_twin(self, candidate: Candidate) -> TrialRecord | None:
         """An earlier completed trial of the same candidate, if any.
 
@@ -216,16 +230,12 @@ class StudyRunner:
         means an identical bundle: its measurement is reused rather than redone.
         """
         key = candidate.to_dict()
-        with self.clock.phase(ASK):
-            return next((r for r in self.records() if r.complete and not r.reused
-                         and dict(r.candidate) == key), None)
+        return next((r for r in self.records() if r.complete and not r.reused
+                     and dict(r.candidate) == key), None)
 
+    @_in_phase(TELL)
     def _reuse(self, pending: _Pending, twin: TrialRecord) -> None:
         """Tell Optuna the twin's values for a repeated candidate (no build, no measurement)."""
-        with self.clock.phase(TELL):
-            self._tell_reused(pending, twin)
-
-    def _tell_reused(self, pending: _Pending, twin: TrialRecord) -> None:
         trial = pending.trial
         metrics = dict(twin.metrics)
         self._set_constraints(trial, metrics)
@@ -251,11 +261,8 @@ class StudyRunner:
     def _told(self, pending: _Pending) -> TrialRecord:
         return record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
 
+    @_in_phase(TELL)
     def _fail(self, pending: _Pending, reason: str) -> None:
-        with self.clock.phase(TELL):
-            self._tell_failed(pending, reason)
-
-    def _tell_failed(self, pending: _Pending, reason: str) -> None:
         from optuna.trial import TrialState
 
         pending.trial.set_user_attr("fail_reason", reason)
@@ -276,11 +283,8 @@ class StudyRunner:
         self.monitor.print(f"[yellow]trial {pending.trial.number:>3} interrupted "
                            f"{pending.candidate.describe()}; it runs again on resume")
 
+    @_in_phase(TELL)
     def _finish(self, pending: _Pending, done: Completed) -> None:
-        with self.clock.phase(TELL):
-            self._tell_measured(pending, done)
-
-    def _tell_measured(self, pending: _Pending, done: Completed) -> None:
         if done.measurement is None:
             if self._stop.requested:  # the agents may have been stopped with the driver
                 self._interrupt(pending)
@@ -310,17 +314,14 @@ class StudyRunner:
             f"size {metrics['size_kb']:7.1f} KB  {flag}" + (" [bold]front[/bold]" if front else ""))
         self._refresh()
 
+    @_in_phase(TRACK)
     def _refresh(self, note: str = "") -> None:
         """After a trial: redraw the progress, and mirror the study into MLflow."""
-        with self.clock.phase(TRACK):
-            self._show(note)
-            self.monitor.sync(self.records())
+        self._show(note)
+        self.monitor.sync(self.records())
 
+    @_in_phase(TRACK)
     def _show(self, note: str = "") -> None:
-        with self.clock.phase(TRACK):
-            self._draw(note)
-
-    def _draw(self, note: str = "") -> None:
         if self._stop.requested and not note:
             note = (f"stopping: waiting for {len(self._pending)} trial(s) in flight; Ctrl-C "
                     f"again to abort them" if self._pending else "stopping")
@@ -463,11 +464,11 @@ class StudyRunner:
         while self._ready and dispatcher.free_slots() > 0:
             self._submit(dispatcher, self._ready.pop(0), eval_digest, eval_ref)
 
+    @_in_phase(SUBMIT)
     def _submit(self, dispatcher: Dispatcher, pending: _Pending, eval_digest: str,
                 eval_ref: Any) -> None:
-        with self.clock.phase(SUBMIT):
-            self._pending[pending.trial.number] = pending
-            dispatcher.submit(pending.trial.number, self._request(pending, eval_digest, eval_ref))
+        self._pending[pending.trial.number] = pending
+        dispatcher.submit(pending.trial.number, self._request(pending, eval_digest, eval_ref))
 
     def _await_in_flight_twin(self, candidate: Candidate, dispatcher: Dispatcher,
                               eval_digest: str, eval_ref: Any) -> None:
