@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -25,3 +28,34 @@ def ray_cluster():
               resources={device_resource("local"): 4, device_resource("test"): 4})
     yield ray
     ray.shutdown()
+
+
+#: Run first in a child Python: importing torch then fails, as on a device with only the agent.
+NO_TORCH = textwrap.dedent('''
+    import importlib.abc
+    import sys
+
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+
+    sys.meta_path.insert(0, NoTorch())
+''')
+
+
+@pytest.fixture(scope="session")
+def python_without_torch():
+    """Runs ``script`` with arguments in a fresh Python where torch cannot be imported."""
+
+    def run(script: str, *args: object, cwd: Path, timeout: float
+            ) -> subprocess.CompletedProcess[str]:
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        return subprocess.run([sys.executable, "-c", NO_TORCH + script, *map(str, args)],
+                              capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": path}, check=False)
+
+    return run

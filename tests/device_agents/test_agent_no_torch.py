@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,19 +13,8 @@ from device_agents import EvalSet
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent('''
-    import importlib.abc
     import json
     import sys
-
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-
-    sys.meta_path.insert(0, NoTorch())
 
     import numpy as np
 
@@ -80,21 +66,17 @@ CHILD = textwrap.dedent('''
 ''')
 
 
-def test_device_agents_run_and_measure_without_torch(tmp_path, make_bundle, cascade):
+def test_device_agents_run_and_measure_without_torch(tmp_path, make_bundle, cascade,
+                                                     python_without_torch):
     directory, digest = make_bundle(cascade.TWO_STAGE, thresholds=(0.9,))
     eval_set = EvalSet(
         inputs=np.array([[50, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float32),
         labels=np.array([0, 1, 0, 0], dtype=np.int64))
     eval_path = tmp_path / "eval.npz"
     eval_set.save(eval_path)
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
-                                         if p)}
 
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(directory), digest, str(eval_path),
-         str(tmp_path / "cache")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+    done = python_without_torch(CHILD, directory, digest, eval_path, tmp_path / "cache",
+                                cwd=tmp_path, timeout=120)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])

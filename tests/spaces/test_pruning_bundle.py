@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -119,19 +116,8 @@ def test_a_new_builder_reuses_the_stagewise_taylor_finetune(stagewise_bundle, ta
 
 
 CHILD = textwrap.dedent('''
-    import importlib.abc
     import json
     import sys
-
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-
-    sys.meta_path.insert(0, NoTorch())
 
     import numpy as np
 
@@ -165,8 +151,8 @@ CHILD = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_a_pruned_bundle_runs_on_a_device_without_torch(builder: CandidateBuilder,
-                                                        digits: DataSplits,
-                                                        tmp_path: Path) -> None:
+                                                        digits: DataSplits, tmp_path: Path,
+                                                        python_without_torch) -> None:
     built = builder.build(SINGLE, tmp_path / "pruned")
     pruned = builder.pruned(0.5)
     assert pruned.history  # channels really left this model
@@ -177,11 +163,9 @@ def test_a_pruned_bundle_runs_on_a_device_without_torch(builder: CandidateBuilde
     with torch.no_grad():
         expected = pruned.model.eval()(torch.from_numpy(digits.preprocess(digits.test_x[:n])))
     expected_logits = expected[-1].numpy()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    done = subprocess.run([sys.executable, "-c", CHILD, str(built.directory), built.digest,
-                           str(eval_path), str(tmp_path / "agent")], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+    done = python_without_torch(CHILD, built.directory, built.digest, eval_path,
+                                tmp_path / "agent", cwd=tmp_path, timeout=300)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
