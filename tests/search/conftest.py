@@ -143,3 +143,20 @@ def _matmul_bundle(directory: Path, features: int = 64, classes: int = 10):
 def matmul_bundle():
     """Writes a one-stage MatMul bundle into a directory and returns its payload."""
     return _matmul_bundle
+
+
+def _collect(pool, count: int, limit_s: float = 120) -> list:
+    """Poll ``pool`` until ``count`` dispatches finished or ``limit_s`` passed."""
+    import time
+
+    done: list = []
+    deadline = time.monotonic() + limit_s
+    while len(done) < count and time.monotonic() < deadline:
+        done.extend(pool.poll(timeout=1.0))
+    return done
+
+
+@pytest.fixture(scope="session")
+def collect():
+    """``collect(pool, count, limit_s=120)``: what finished, polling until ``count`` did."""
+    return _collect

@@ -43,16 +43,8 @@ def test_core_plan_keeps_a_core_for_building() -> None:
     assert builder == (0,) and plan == [(1,), (1,)]
 
 
-def collect(pool: RayAgentPool, count: int, limit_s: float = 120) -> list:
-    done: list = []
-    deadline = time.monotonic() + limit_s
-    while len(done) < count and time.monotonic() < deadline:
-        done.extend(pool.poll(timeout=1.0))
-    return done
-
-
 def test_two_agents_measure_in_parallel(ray_cluster, tmp_path, eval_payload,
-                                       matmul_bundle) -> None:
+                                       matmul_bundle, collect) -> None:
     payload = matmul_bundle(tmp_path / "b")
     pool = RayAgentPool.start_local("local", 2, cache_dir=str(tmp_path / "agents"))
     try:
@@ -75,7 +67,7 @@ def test_two_agents_measure_in_parallel(ray_cluster, tmp_path, eval_payload,
 
 
 def test_a_killed_agent_hands_its_trial_to_another(ray_cluster, tmp_path, eval_payload,
-                                                   matmul_bundle) -> None:
+                                                   matmul_bundle, collect) -> None:
     import ray
 
     payload = matmul_bundle(tmp_path / "b")
@@ -102,8 +94,8 @@ def test_a_killed_agent_hands_its_trial_to_another(ray_cluster, tmp_path, eval_p
 
 
 def test_a_hung_agent_times_out_and_the_trial_fails_after_its_retries(ray_cluster, tmp_path,
-                                                                      eval_payload, matmul_bundle
-                                                                      ) -> None:
+                                                                      eval_payload, matmul_bundle,
+                                                                      collect) -> None:
     payload = matmul_bundle(tmp_path / "b")
     pool = RayAgentPool.start_local("local", 1, cache_dir=str(tmp_path / "agents"),
                                     retries=0, timeout_s=2.0)

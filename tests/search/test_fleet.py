@@ -55,14 +55,6 @@ def eval_payload(seed: int) -> EvalSetPayload:
         np.float32), labels=rng.integers(0, 10, size=40)))
 
 
-def collect(pool: RayAgentPool, count: int, limit_s: float = 240) -> list:
-    done: list = []
-    deadline = time.monotonic() + limit_s
-    while len(done) < count and time.monotonic() < deadline:
-        done.extend(pool.poll(timeout=1.0))
-    return done
-
-
 def settle(pool: RayAgentPool, count: int, limit_s: float = 120) -> None:
     """Let the pool find ``count`` agents (it returns from ``connect`` with the first)."""
     deadline = time.monotonic() + limit_s
@@ -148,7 +140,7 @@ def request(fleet, payload: EvalSetPayload, ref: object, number: int,
                           trial_number=number)
 
 
-def test_each_pool_dispatches_to_the_agents_of_its_class_only(fleet) -> None:
+def test_each_pool_dispatches_to_the_agents_of_its_class_only(fleet, collect) -> None:
     rpi4 = RayAgentPool.connect(fleet.address, "rpi4", wait_for_agents_s=60)
     jetson = RayAgentPool.connect(fleet.address, "jetson", wait_for_agents_s=60)
     try:
@@ -165,7 +157,7 @@ def test_each_pool_dispatches_to_the_agents_of_its_class_only(fleet) -> None:
         rpi4.submit(2, request(fleet, payload, ref, 2))
         jetson.submit(3, request(fleet, payload, ref, 3))
         assert rpi4.free_slots() == 0 and jetson.free_slots() == 0
-        done = collect(rpi4, 2) + collect(jetson, 1)
+        done = collect(rpi4, 2, limit_s=240) + collect(jetson, 1, limit_s=240)
         assert sorted(c.key for c in done) == [1, 2, 3]
         assert all(c.measurement is not None and c.attempts == 1 for c in done), done
         by_key = {c.key: c for c in done}
@@ -179,7 +171,7 @@ def test_each_pool_dispatches_to_the_agents_of_its_class_only(fleet) -> None:
     assert len(named_agents("rpi4")) == 2  # agents started on devices outlive a study's pool
 
 
-def test_the_eval_set_crosses_to_each_agent_once_and_is_cached_by_hash(fleet) -> None:
+def test_the_eval_set_crosses_to_each_agent_once_and_is_cached_by_hash(fleet, collect) -> None:
     import ray
 
     pool = RayAgentPool.connect(fleet.address, "rpi4", wait_for_agents_s=60)
@@ -192,7 +184,7 @@ def test_the_eval_set_crosses_to_each_agent_once_and_is_cached_by_hash(fleet) ->
         for round_ in range(3):  # 6 measurements, 3 per agent
             pool.submit(10 + 2 * round_, request(fleet, payload, ref, 1))
             pool.submit(11 + 2 * round_, request(fleet, payload, ref, 2))
-            assert all(c.measurement is not None for c in collect(pool, 2))
+            assert all(c.measurement is not None for c in collect(pool, 2, limit_s=240))
         for label, old in before.items():
             info = ray.get(fleet.handles[label].info.remote(), timeout=30)
             assert info["measurements"] - old["measurements"] == 3
@@ -230,7 +222,7 @@ def test_a_waiting_study_takes_an_agent_that_joins(fleet) -> None:
         ray.kill(ray.get_actor(str(name), namespace=AGENT_NAMESPACE), no_restart=True)
 
 
-def test_the_pool_creates_agents_on_nodes_that_advertise_the_class(fleet) -> None:
+def test_the_pool_creates_agents_on_nodes_that_advertise_the_class(fleet, collect) -> None:
     pool = RayAgentPool.connect(fleet.address, "edge", wait_for_agents_s=120)
     try:
         (agent,) = pool.agents
@@ -238,7 +230,7 @@ def test_the_pool_creates_agents_on_nodes_that_advertise_the_class(fleet) -> Non
         assert agent["pinned"] and len(agent["cores"]) == 1
         payload = eval_payload(3)
         pool.submit(1, request(fleet, payload, pool.share(payload), 1))
-        (done,) = collect(pool, 1)
+        (done,) = collect(pool, 1, limit_s=240)
         assert done.measurement is not None and done.agent_id == agent["agent_id"]
     finally:
         pool.close()
@@ -274,7 +266,7 @@ def _agent_start(fleet, device_class: str, log: Path) -> subprocess.Popen:
         env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_an_agent_that_joins_through_the_cli_during_a_study_is_used(fleet) -> None:
+def test_an_agent_that_joins_through_the_cli_during_a_study_is_used(fleet, collect) -> None:
     log = fleet.tmp / "agent-start.log"
     command = _agent_start(fleet, "rpi4", log)
     pool = RayAgentPool.connect(fleet.address, "rpi4", wait_for_agents_s=60,
@@ -292,7 +284,7 @@ def test_an_agent_that_joins_through_the_cli_during_a_study_is_used(fleet) -> No
         ref = pool.share(payload)
         for key in (1, 2, 3):
             pool.submit(key, request(fleet, payload, ref, key))
-        done = collect(pool, 3)
+        done = collect(pool, 3, limit_s=240)
         assert sorted(c.key for c in done) == [1, 2, 3]
         assert all(c.measurement is not None for c in done)
         assert joined[0]["agent_id"] in {c.agent_id for c in done}
@@ -310,7 +302,7 @@ def test_an_agent_that_joins_through_the_cli_during_a_study_is_used(fleet) -> No
             os.killpg(command.pid, signal.SIGKILL)
 
 
-def test_a_killed_node_hands_its_trial_to_another_agent_and_loses_no_result(fleet) -> None:
+def test_a_killed_node_hands_its_trial_to_another_agent_and_loses_no_result(fleet, collect) -> None:
     pool = RayAgentPool.connect(fleet.address, "rpi4", wait_for_agents_s=60)
     try:
         settle(pool, 2)
@@ -320,7 +312,7 @@ def test_a_killed_node_hands_its_trial_to_another_agent_and_loses_no_result(flee
         pool.submit(2, request(fleet, payload, ref, 2))
         (long_job,) = [job for job in pool._busy.values() if job.key == 1]
         victim = long_job.agent
-        done = collect(pool, 1)
+        done = collect(pool, 1, limit_s=240)
         assert [c.key for c in done] == [2] and done[0].measurement is not None
         assert pool.in_flight() == 1  # the long one is still measuring on the victim
 
@@ -336,7 +328,7 @@ def test_a_killed_node_hands_its_trial_to_another_agent_and_loses_no_result(flee
         pool.close()
 
 
-def test_a_trial_whose_class_has_no_agent_left_waits_then_fails_clearly(fleet) -> None:
+def test_a_trial_whose_class_has_no_agent_left_waits_then_fails_clearly(fleet, collect) -> None:
     pool = RayAgentPool.connect(fleet.address, "jetson", wait_for_agents_s=5, retries=2)
     try:
         payload = eval_payload(6)
