@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-#: Execution providers that run on an NVIDIA GPU, whose energy NVML can count.
-GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+from device_agents.profiles import energy_counters_for
+
 POWERCAP = Path("/sys/class/powercap")
 
 
@@ -117,15 +117,9 @@ def _read_int(path: Path) -> int | None:
 
 def open_counters(providers: Sequence[str]) -> list[EnergyCounter]:
     """The counters that can measure a run on ``providers`` on this machine (maybe none)."""
-    counters: list[EnergyCounter] = []
-    rapl = RaplCounter.open()
-    if rapl is not None:
-        counters.append(rapl)
-    if GPU_PROVIDERS & set(providers):
-        nvml = NvmlCounter.open()
-        if nvml is not None:
-            counters.append(nvml)
-    return counters
+    opened = {"rapl": RaplCounter.open, "nvml": NvmlCounter.open}
+    counters = (opened[name]() for name in energy_counters_for(providers))
+    return [c for c in counters if c is not None]
 
 
 class EnergyMeter:

@@ -1,10 +1,18 @@
-"""What can change: candidates, the search space, and the transforms that build bundles."""
+"""What can change: candidates, the search space, the build settings, and the builders.
+
+The top level needs no torch: the candidate, the spaces, the settings, the data splits and the
+:class:`Builder` protocol. The torch-side transforms live in :mod:`spaces.torch_model`, the ONNX
+graph transforms in :mod:`spaces.onnx_graph`. The torch-side names below are imported lazily,
+so that ``from spaces import DataSplits`` (in a user's data module) loads no torch.
+"""
 
 from __future__ import annotations
 
-from spaces.baseline import TrainedModel, build_untrained, train_or_load_baseline
-from spaces.builder import BuildSettings, BuiltBundle, CandidateBuilder
-from spaces.candidate import PRECISIONS, Candidate
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from spaces.builder import Builder, BuiltBundle
+from spaces.candidate import Candidate
 from spaces.data import DataSplits
 from spaces.errors import (
     BuildError,
@@ -14,25 +22,47 @@ from spaces.errors import (
     SpacesError,
     SplitError,
 )
-from spaces.exit_heads import ExitHeadSpec, retrofit_exits
 from spaces.exit_space import ExitSpace
-from spaces.model_split import split_model
-from spaces.pruning import PruningSettings
+from spaces.precisions import ALL_PRECISIONS, PRECISIONS
 from spaces.pruning_space import PruningSpace
 from spaces.quantization_space import QuantizationSpace
-from spaces.quantize import QuantSettings
 from spaces.references import load_reference
 from spaces.search_space import SearchSpace
-from spaces.staged_model import StagedModel, as_staged
-from spaces.training import FinetuneSettings, TrainSettings
+from spaces.settings import (
+    BuildSettings,
+    ExitHeadSpec,
+    FinetuneSettings,
+    PruningSettings,
+    QuantSettings,
+    TrainSettings,
+)
+
+if TYPE_CHECKING:
+    from spaces.torch_model.baseline import TrainedModel, build_untrained, train_or_load_baseline
+    from spaces.torch_model.builder import TorchBuilder
+    from spaces.torch_model.exit_heads import retrofit_exits
+    from spaces.torch_model.model_split import split_model
+    from spaces.torch_model.staged_model import StagedModel, as_staged
+
+_TORCH_SIDE = {
+    "TorchBuilder": "spaces.torch_model.builder",
+    "TrainedModel": "spaces.torch_model.baseline",
+    "build_untrained": "spaces.torch_model.baseline",
+    "train_or_load_baseline": "spaces.torch_model.baseline",
+    "retrofit_exits": "spaces.torch_model.exit_heads",
+    "split_model": "spaces.torch_model.model_split",
+    "StagedModel": "spaces.torch_model.staged_model",
+    "as_staged": "spaces.torch_model.staged_model",
+}
 
 __all__ = [
+    "ALL_PRECISIONS",
     "PRECISIONS",
     "BuildError",
     "BuildSettings",
+    "Builder",
     "BuiltBundle",
     "Candidate",
-    "CandidateBuilder",
     "DataSplits",
     "ExitHeadSpec",
     "ExitSpace",
@@ -48,6 +78,7 @@ __all__ = [
     "SpacesError",
     "SplitError",
     "StagedModel",
+    "TorchBuilder",
     "TrainSettings",
     "TrainedModel",
     "as_staged",
@@ -57,3 +88,9 @@ __all__ = [
     "split_model",
     "train_or_load_baseline",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_SIDE:
+        return getattr(importlib.import_module(_TORCH_SIDE[name]), name)
+    raise AttributeError(f"module 'spaces' has no attribute {name!r}")

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spaces.errors import SpaceError
-
-MAX_RATIO = 0.95
+from spaces.settings import MAX_RATIO
 
 
 def normalize_stage_ratios(ratios: tuple[float, ...]) -> tuple[float, tuple[float, ...]]:

@@ -6,11 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spaces.candidate import ALL_PRECISIONS, PRECISIONS
 from spaces.errors import SpaceError
+from spaces.precisions import ALL_PRECISIONS, PRECISIONS, WEIGHT_ONLY_BITS
 
-#: Weight-only precisions and their bit-width (onnxruntime's MatMulNBits).
-WEIGHT_ONLY_BITS = {"int8_wo": 8, "int4_wo": 4}
 MATMUL_OPS = ("Gemm", "MatMul")
 
 

@@ -20,7 +20,7 @@ def ray_cluster():
     import ray
 
     from device_agents.ray_actor import device_resource
-    from search.agent_pool import start_ray
+    from search.fleet.agent_pool import start_ray
 
     if ray.is_initialized():
         ray.shutdown()

@@ -102,7 +102,7 @@ def pool_with(cores_plan: list[tuple[int, ...]], builder: tuple[int, ...], cache
 
     from device_agents.ray_actor import create_agent
     from device_agents.registry import AgentName, device_resource
-    from search.agent_pool import RayAgentPool, start_ray
+    from search.fleet.agent_pool import RayAgentPool, start_ray
 
     start_ray(None, num_cpus=os.cpu_count() or 1,
               resources={device_resource("bench"): len(cores_plan)})
@@ -160,7 +160,7 @@ def throughput(plan: list[tuple[int, ...]], builder: tuple[int, ...], bundle: Bu
 
 def spread(bundle: BundlePayload, payload: EvalSetPayload, repeats: int,
            cache: Path) -> dict[str, Any]:
-    from search.agent_pool import local_core_plan
+    from search.fleet.agent_pool import local_core_plan
 
     plan, builder = local_core_plan(os.cpu_count() or 1, 1)
     pool = pool_with(plan, builder, cache)
@@ -216,7 +216,7 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     fixed = MeasurementProtocol(warmup_runs=50, warmup_seconds=0.0, min_runs=args.fixed_runs,
                                 max_runs=args.fixed_runs, round_runs=args.fixed_runs)
-    from search.agent_pool import local_core_plan
+    from search.fleet.agent_pool import local_core_plan
 
     configs = [("1 agent", *local_core_plan(cpus, 1)),
                ("2 agents, local default plan", *local_core_plan(cpus, 2))]

@@ -72,7 +72,7 @@ class Bench:
 
         from device_agents import EvalSet, EvalSetPayload, LocalDeviceAgent, MeasurementProtocol
         from search.config import load_config
-        from search.preparation import prepare
+        from search.study.preparation import prepare
 
         torch.set_num_threads(1)
         self.console = console
@@ -137,7 +137,7 @@ def calibration(bench: Bench) -> list[dict[str, float]]:
     import torch
 
     from device_agents.calibration import expected_calibration_error
-    from spaces.training import exit_logits
+    from spaces.torch_model.training import exit_logits
 
     data = bench.prepared.data
     n = len(bench.eval_payload.load())

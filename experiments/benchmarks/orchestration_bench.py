@@ -3,7 +3,7 @@
 A real study (``paretoedge run``'s loop: Optuna, the builder, Ray agents on a local cluster,
 MLflow on sqlite) runs ``--trials`` trials of ``--config`` once per entry of ``--agents``, each
 in a fresh workdir (only the trained fp32 model is shared, so every run builds alike). The
-driver's phase clock (``search.phase_clock``) splits its wall time, from the agents being ready
+driver's phase clock (``search.study.phase_clock``) splits its wall time, from the agents being ready
 to the end, into building, waiting for agents, and orchestration (asking and telling Optuna,
 submitting to Ray, MLflow and the display); the agents report their whole time per request
 (``agent_s``) beside the timed measurement itself (``measure_s``).
@@ -30,8 +30,8 @@ from typing import Any
 from bench_common import ROOT, console, copy_baseline, table, write_json
 
 from search.config import load_config
-from search.phase_clock import OVERHEAD_PHASES
-from search.study import RunOptions, StudyRunner
+from search.study.phase_clock import OVERHEAD_PHASES
+from search.study.runner import RunOptions, StudyRunner
 from search.workspace import Workspace
 
 

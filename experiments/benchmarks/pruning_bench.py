@@ -8,7 +8,7 @@ pruned model is finetuned several times with the same budget (``--train-subset``
 (distillation; one variant per ``--temperature``), and with that plus feature distillation
 (each pruned stage's output also learns the teacher's output at the channels it kept; one variant
 per ``--features`` weight, at the first temperature). Every variant is built into a bundle
-by ``CandidateBuilder`` (fp32, one graph) and measured by one
+by ``TorchBuilder`` (fp32, one graph) and measured by one
 ``LocalDeviceAgent`` in one run: the variants are interleaved, ``--rounds`` rounds in a rotating
 order, each round a full measurement (accuracy over the eval set, one sample at a time, then a
 fixed number of timed runs); p50/p95 are the median over the rounds.
@@ -112,8 +112,8 @@ def build_variants(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]
     import torch
 
     from search.config import load_config
-    from search.preparation import prepare
-    from spaces import Candidate, CandidateBuilder
+    from search.study.preparation import prepare
+    from spaces import Candidate, TorchBuilder
 
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
@@ -141,7 +141,7 @@ def build_variants(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]
             base, pruning=pruning, finetune=replace(
                 finetune, distill_alpha=alpha, distill_temperature=first_tau,
                 distill_features=weight))
-    builders = {name: CandidateBuilder(trained=prepared.trained, data=prepared.data,
+    builders = {name: TorchBuilder(trained=prepared.trained, data=prepared.data,
                                        cache_dir=cache, settings=s,
                                        groups=prepared.builder.layer_groups)
                 for name, s in settings.items()}

@@ -49,7 +49,7 @@ def copy_baseline(source: Path | None, cache: Path) -> None:
 
 def variants_for(config: Any, prepared: Any, report: Any) -> dict[str, tuple[str, ...]]:
     """Name -> quantization: fp32, all-int8, the seeds, and int8 with first/last in fp32."""
-    from search.sensitivity_command import seeds_for
+    from search.study.sensitivity import seeds_for
 
     space = prepared.space.quantization
     groups = space.groups
@@ -86,8 +86,8 @@ def bench_model(model: str, args: argparse.Namespace, console: Any) -> dict[str,
     from device_agents import MeasureRequest as Request
     from device_agents.bundle import BundlePayload
     from search.config import load_config
-    from search.preparation import prepare
-    from search.sensitivity_command import compute_sensitivity
+    from search.study.preparation import prepare
+    from search.study.sensitivity import compute_sensitivity
     from search.workspace import Workspace
     from spaces import Candidate
 

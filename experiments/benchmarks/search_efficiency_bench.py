@@ -26,11 +26,11 @@ from bench_common import ROOT, console, table, write_json
 from device_agents import BundlePayload, EvalSetPayload, LocalDeviceAgent, MeasureRequest
 from device_agents.protocol import MeasurementProtocol
 from search.config import load_config
-from search.objectives import constraint_values, objective_values
-from search.pareto import ParetoFront
-from search.preparation import prepare
 from search.records import OBJECTIVES, TrialRecord
-from search.study import make_sampler
+from search.results.pareto import ParetoFront
+from search.study.objectives import constraint_values, objective_values
+from search.study.preparation import prepare
+from search.study.samplers import make_sampler
 from spaces import Candidate
 
 
@@ -128,7 +128,7 @@ def replay(sampler: str, seed: int, budget: int, space: Any, records: dict[str, 
     """
     import optuna
 
-    from search.study import EXHAUSTED_AFTER_REPEATS
+    from search.study.runner import EXHAUSTED_AFTER_REPEATS
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(directions=[d for _, d in OBJECTIVES],

@@ -27,9 +27,9 @@ from typing import Any
 from bench_common import ROOT, console, copy_baseline, measure_interleaved, table, write_json
 
 from search.config import load_config
-from search.front_table import describe_candidate
-from search.preparation import prepare
-from search.study import RunOptions, StudyRunner
+from search.results.front_table import describe_candidate
+from search.study.preparation import prepare
+from search.study.runner import RunOptions, StudyRunner
 from search.workspace import Workspace
 
 

@@ -15,11 +15,11 @@ from torch import nn
 
 from spaces import (
     BuildSettings,
-    CandidateBuilder,
     DataSplits,
     FinetuneSettings,
     QuantSettings,
     StagedModel,
+    TorchBuilder,
     TrainedModel,
     TrainSettings,
     load_reference,
@@ -93,9 +93,9 @@ def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def builder(trained: TrainedModel, digits: DataSplits, build_cache: Path) -> CandidateBuilder:
+def builder(trained: TrainedModel, digits: DataSplits, build_cache: Path) -> TorchBuilder:
     """One builder shared by the builder tests (its in-memory and on-disk caches included)."""
-    return CandidateBuilder(trained=trained, data=digits, cache_dir=build_cache,
+    return TorchBuilder(trained=trained, data=digits, cache_dir=build_cache,
                             settings=BUILD_SETTINGS)
 
 

@@ -10,19 +10,19 @@ import torch
 from torch import nn
 
 from spaces import SpaceError, StagedModel, as_staged, load_reference
-from spaces.export import export_model
-from spaces.layer_groups import (
+from spaces.layer_groups import FULL, LayerGroup, LayerGroups
+from spaces.onnx_graph.node_groups import (
     COMPUTE_OPS,
-    FULL,
-    LayerGroup,
-    LayerGroups,
     assign_nodes,
-    auto_groups,
-    compute_layers_in_order,
-    explicit_groups,
     group_operators,
     model_path,
     scope_path,
+)
+from spaces.torch_model.export import export_model
+from spaces.torch_model.module_groups import (
+    auto_groups,
+    compute_layers_in_order,
+    explicit_groups,
     stage_groups,
 )
 

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from spaces import QuantizationSpace, SpaceError
-from spaces.candidate import ALL_PRECISIONS
+from spaces.precisions import ALL_PRECISIONS
 from spaces.quantization_space import (
     UnsupportedPrecisionError,
     describe_operators,

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from device_agents import CascadeRunner
-from spaces import Candidate, CandidateBuilder, DataSplits, QuantizationSpace
-from spaces.layer_groups import auto_groups
+from spaces import Candidate, DataSplits, QuantizationSpace, TorchBuilder
 from spaces.sensitivity import (
     GroupSensitivity,
     SensitivityReport,
@@ -17,6 +16,7 @@ from spaces.sensitivity import (
     seed_configurations,
     single_group_candidates,
 )
+from spaces.torch_model.module_groups import auto_groups
 
 from .conftest import BUILD_SETTINGS
 
@@ -73,7 +73,7 @@ def test_report_round_trip() -> None:
 
 def test_measure_sensitivity_with_onnxruntime(trained, digits: DataSplits, build_cache: Path,
                                               example, tmp_path: Path) -> None:
-    builder = CandidateBuilder(trained=trained, data=digits, cache_dir=build_cache,
+    builder = TorchBuilder(trained=trained, data=digits, cache_dir=build_cache,
                                settings=BUILD_SETTINGS,
                                groups=auto_groups(trained.fresh(), example))
     space = QuantizationSpace.for_operators(builder.operators(),

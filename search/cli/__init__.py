@@ -1,0 +1,1 @@
+"""The ``paretoedge`` command line and the queries users run on stored studies."""

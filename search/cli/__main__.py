@@ -1,0 +1,5 @@
+"""``python -m search.cli``: the ``paretoedge`` command."""
+
+from search.cli.app import main
+
+main()

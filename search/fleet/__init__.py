@@ -1,0 +1,1 @@
+"""The device agents a study measures on: the pool, the roster of a cluster, dispatch."""

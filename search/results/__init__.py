@@ -1,0 +1,1 @@
+"""What a study found: Pareto fronts and hypervolume, queries, tables, bundle export."""

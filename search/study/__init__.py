@@ -1,0 +1,1 @@
+"""The study loop and what it needs: preparation, samplers, objectives, budgets, the monitor."""

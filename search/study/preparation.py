@@ -1,0 +1,135 @@
+"""Everything a study needs before its first trial: the data, a builder for the model (behind
+the :class:`spaces.Builder` seam: torch is imported only there), and the search space."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from search.config import StudyConfig
+from search.errors import ConfigError
+from search.study.quantization_setup import quant_settings, quantization_space
+from spaces import (
+    Builder,
+    BuildSettings,
+    DataSplits,
+    ExitSpace,
+    FinetuneSettings,
+    ModelError,
+    PruningSettings,
+    PruningSpace,
+    SearchSpace,
+    TrainSettings,
+    load_reference,
+)
+from spaces.errors import SpaceError
+from spaces.settings import ExitHeadSpec
+
+if TYPE_CHECKING:
+    from spaces.torch_model.preparation import TorchModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The data, the builder of the study's model, and the search space it offers."""
+
+    data: DataSplits
+    builder: Builder
+    space: SearchSpace
+
+
+def load_data(config: StudyConfig) -> DataSplits:
+    loader = load_reference(config.data.loader, config.base_dir)
+    try:
+        data = loader(config.data.seed)
+    except Exception as exc:
+        raise ModelError(f"data.loader {config.data.loader!r} failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, DataSplits):
+        raise ModelError(f"data.loader {config.data.loader!r} returned "
+                         f"{type(data).__name__}, expected spaces.DataSplits")
+    return data
+
+
+def finetune_settings(config: StudyConfig) -> FinetuneSettings:
+    f, t = config.pruning.finetune, config.model.train
+    return FinetuneSettings(
+        epochs=f.epochs, steps=f.steps or 0, train_subset=f.train_subset or 0, lr=f.lr,
+        weight_decay=t.weight_decay, batch_size=f.batch_size or t.batch_size,
+        schedule=f.schedule, warmup=f.warmup, distill_alpha=f.distill_alpha,
+        distill_temperature=f.distill_temperature, distill_target=f.distill_target,
+        distill_features=f.distill_features, seed=t.seed if f.seed is None else f.seed)
+
+
+def pruning_settings(config: StudyConfig) -> PruningSettings:
+    p = config.pruning
+    return PruningSettings(importance=p.importance, round_to=p.round_to_for(config.device.class_),
+                           taylor_batches=p.taylor_batches,
+                           ignored_layers=tuple(p.ignored_layers))
+
+
+def build_settings(config: StudyConfig) -> BuildSettings:
+    return BuildSettings(
+        finetune=finetune_settings(config),
+        quant=quant_settings(config),
+        pruning=pruning_settings(config),
+        confidence=config.early_exit.measures[0], exit_fallback=config.early_exit.fallback)
+
+
+def search_space(config: StudyConfig, builder: Builder) -> SearchSpace:
+    e = config.early_exit
+    return SearchSpace(
+        quantization=quantization_space(config, builder.operators()),
+        pruning=PruningSpace(ratio_max=config.pruning.ratio_max,
+                             ratio_step=config.pruning.ratio_step,
+                             per_stage=config.pruning.per_stage,
+                             num_stages=builder.num_stages),
+        exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=e.enabled,
+                        threshold_low=e.threshold[0], threshold_high=e.threshold[1],
+                        per_exit=e.thresholds == "per_exit", scale=e.scale,
+                        confidences=e.measures))
+
+
+def exit_head_spec(config: StudyConfig) -> ExitHeadSpec:
+    """The retrofitted heads of ``early_exit.after`` (training settings from ``model.train``)."""
+    e, t = config.early_exit, config.model.train
+    assert e.after is not None
+    h = e.heads
+    return ExitHeadSpec(after=tuple(e.after), hidden=h.hidden, training=h.training,
+                        epochs=h.epochs, lr=h.lr, joint_epochs=h.joint_epochs,
+                        joint_lr=h.joint_lr, weight_decay=t.weight_decay,
+                        batch_size=t.batch_size, loss_weights=tuple(h.loss_weights or ()),
+                        seed=t.seed)
+
+
+def torch_model_spec(config: StudyConfig) -> TorchModelSpec:
+    """The config's ``model`` and the parts of ``early_exit`` and ``quantization`` that shape
+    the torch model and its layer groups."""
+    from spaces.torch_model.preparation import TorchModelSpec
+
+    t, e = config.model.train, config.early_exit
+    return TorchModelSpec(
+        factory=config.model.factory, base_dir=config.base_dir,
+        train=TrainSettings(epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
+                            batch_size=t.batch_size, seed=t.seed),
+        groups=config.quantization.groups,
+        exit_heads=exit_head_spec(config) if e.enabled and e.after else None,
+        exit_loss_weights=tuple(e.heads.loss_weights or ()) if e.after is None else ())
+
+
+def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
+    """Load the data, get a builder for the model (trained or loaded) and set up the space."""
+    from spaces.torch_model.preparation import prepare_torch_builder
+
+    data = load_data(config)
+    try:
+        builder: Builder = prepare_torch_builder(
+            torch_model_spec(config), data, build_settings(config), cache_dir,
+            check_operators=lambda operators: quantization_space(config, operators))
+    except SpaceError as exc:
+        raise ConfigError(str(exc)) from exc
+    return Prepared(data=data, builder=builder, space=search_space(config, builder))

@@ -1,0 +1,470 @@
+"""The study loop: ask Optuna, build the candidate, measure it on an agent, tell, log.
+
+Building trial k+1 overlaps measuring trial k. The fp32 baseline is trial 0 and is measured
+before anything else, since the accuracy band is defined by it. A candidate that fails to build
+or measure becomes a FAILED trial with its reason; the study goes on. The study stops asking
+for trials at the first budget reached (:mod:`search.study.budget`) or at Ctrl-C
+(:mod:`search.study.interrupts`); a resumed study re-runs what was in flight and finishes the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from device_agents import EvalSetPayload, MeasurementProtocol, MeasureRequest
+from device_agents.bundle import BundlePayload
+from search.config import StudyConfig
+from search.errors import SearchError
+from search.fleet.dispatch import Completed, Dispatcher
+from search.records import INTERRUPTED, OBJECTIVES, TrialRecord, record_from_trial
+from search.results.front_table import describe_candidate
+from search.results.pareto import ParetoFront
+from search.study.budget import INTERRUPTED_BY_USER, SPACE_EXHAUSTED, TRIALS_DONE, Budget
+from search.study.interrupts import GracefulStop, sigint_ignored
+from search.study.monitor import StudyMonitor
+from search.study.objectives import constraint_values, objective_values, trial_metrics
+from search.study.phase_clock import ASK, BUILD, SUBMIT, TELL, TRACK, WAIT, PhaseClock, PhaseTimes
+from search.study.preparation import Prepared, prepare
+from search.study.samplers import make_sampler
+from search.study.sensitivity import seed_study
+from search.study_lock import StudyLock
+from search.tracking.tracker import Tracker
+from search.workspace import Workspace, open_storage
+from spaces import BuildError, BuiltBundle, Candidate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Consecutive repeated candidates after which the search space counts as exhausted.
+EXHAUSTED_AFTER_REPEATS = 25
+__all__ = ["INTERRUPTED", "RunOptions", "StudyRunner", "StudySummary", "Tracker"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The budgets of one run: ``trials`` is the study's total, the baseline included."""
+
+    trials: int
+    timeout_s: float | None = None
+    patience: int | None = None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    study: str
+    records: list[TrialRecord]
+    front: ParetoFront
+    stop_reason: str
+    hypervolume: float = 0.0
+    #: Where the driver's time went in this run, from the agents being ready to the end.
+    timing: PhaseTimes | None = None
+
+    @property
+    def completed(self) -> int:
+        return sum(r.complete for r in self.records)
+
+    @property
+    def failed(self) -> int:
+        return sum(r.state == "FAIL" and not r.interrupted for r in self.records)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_reason == INTERRUPTED_BY_USER
+
+
+@dataclass
+class _Pending:
+    trial: Any
+    candidate: Candidate
+    built: BuiltBundle | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _in_phase(phase: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Count a ``StudyRunner`` method's time in ``phase`` of the runner's phase clock."""
+    def wrap(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def timed(self: StudyRunner, *args: Any, **kwargs: Any) -> T:
+            with self.clock.phase(phase):
+                return method(self, *args, **kwargs)
+        return timed
+    return wrap
+
+
+def default_dispatcher(config: StudyConfig, workspace: Workspace) -> Dispatcher:
+    from search.fleet.agent_pool import RayAgentPool
+
+    d, m = config.device, config.measurement
+    common = {"timeout_s": m.timeout_s, "retries": m.retries,
+              "wait_for_agents_s": d.wait_for_agents_s}
+    if d.address:  # agents of the class in a running cluster (paretoedge agent start)
+        return RayAgentPool.connect(d.address, d.class_, threads=d.threads,
+                                    discover_every_s=d.discover_every_s,
+                                    heartbeat_timeout_s=d.heartbeat_timeout_s, **common)
+    return RayAgentPool.start_local(d.class_, d.agents, threads=d.threads,
+                                    cache_dir=str(workspace.cache / "agent"), **common)
+
+
+class StudyRunner:
+    """Runs (or resumes) one study.
+
+    Example:
+        >>> runner = StudyRunner(load_config("experiments/digits.yaml"),
+        ...                      Workspace(Path("runs"), "digits"))  # doctest: +SKIP
+        >>> summary = runner.run(RunOptions(trials=20, timeout_s=8 * 3600))  # doctest: +SKIP
+    """
+
+    def __init__(self, config: StudyConfig, workspace: Workspace, *,
+                 dispatcher_factory: Callable[[StudyConfig, Workspace], Dispatcher] | None = None,
+                 tracker: Tracker | None = None, console: Console | None = None,
+                 live: bool | None = None) -> None:
+        self.config = config
+        self.workspace = workspace
+        self.dispatcher_factory = dispatcher_factory or default_dispatcher
+        self.console = console or Console()
+        self.monitor = StudyMonitor(config, workspace, self.console, tracker=tracker, live=live)
+        self._baseline_accuracy: float | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._ready: list[_Pending] = []
+        self._repeats = 0  # consecutive candidates that repeated a measured one
+        self._stop = GracefulStop()
+        self.clock = PhaseClock()
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _open_study(self, trials: int) -> Any:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            study_name=self.config.study, storage=open_storage(self.workspace.journal),
+            directions=[direction for _, direction in OBJECTIVES],
+            sampler=make_sampler(self.config.search.sampler, self.config.search.seed, trials),
+            load_if_exists=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([name for name, _ in OBJECTIVES])
+        return study
+
+    def _requeue(self, trial: Any) -> None:
+        """Run ``trial``'s candidate again later (it was interrupted, not judged)."""
+        self._study.enqueue_trial(trial.params, user_attrs={
+            k: v for k, v in trial.user_attrs.items() if k == "baseline"})
+
+    def _recover_interrupted(self) -> None:
+        """Trials left RUNNING by a killed driver: mark them FAIL and enqueue them again."""
+        from optuna.trial import TrialState
+
+        storage = self._study._storage
+        for trial in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            self._requeue(trial)
+            self.monitor.print(f"[yellow]trial {trial.number} was interrupted; re-queued")
+
+    # -- trials -------------------------------------------------------------------------------
+    @_in_phase(ASK)
+    def _ask(self, prepared: Prepared) -> _Pending:
+        trial = self._study.ask()
+        candidate = prepared.space.suggest(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        trial.set_user_attr("device_class", self.config.device.class_)
+        return _Pending(trial, candidate)
+
+    def _build(self, pending: _Pending, prepared: Prepared) -> bool:
+        directory = self.workspace.bundle_dir(pending.trial.number)
+        try:
+            with self.clock.phase(BUILD):
+                pending.built = prepared.builder.build(pending.candidate, directory)
+        except BuildError as exc:
+            self._fail(pending, f"build failed: {exc}")
+            return False
+        pending.trial.set_user_attr("bundle", self.workspace.relative(directory))
+        pending.trial.set_user_attr("bundle_digest", pending.built.digest)
+        return True
+
+    def _request(self, pending: _Pending, eval_digest: str, eval_ref: Any) -> MeasureRequest:
+        assert pending.built is not None
+        m = self.config.measurement
+        protocol = MeasurementProtocol(threads=self.config.device.threads,
+                                       warmup_runs=m.warmup_runs,
+                                       warmup_seconds=m.warmup_seconds, min_runs=m.min_runs,
+                                       max_runs=m.max_runs, round_runs=m.round_runs,
+                                       ci_rel_width=m.ci_rel_width)
+        return MeasureRequest(bundle_digest=pending.built.digest,
+                              bundle=BundlePayload.from_directory(pending.built.directory),
+                              eval_set_digest=eval_digest, eval_set=eval_ref,
+                              protocol=protocol, trial_number=pending.trial.number)
+
+    @_in_phase(ASK)
+    def _measured_twin(self, candidate: Candidate) -> TrialRecord | None:
+        """An earlier completed trial of the same candidate, if any.
+
+        The builder is deterministic and bundles are content-addressed, so an equal candidate
+        means an identical bundle: its measurement is reused rather than redone.
+        """
+        key = candidate.to_dict()
+        return next((r for r in self.records() if r.complete and not r.reused
+                     and dict(r.candidate) == key), None)
+
+    @_in_phase(TELL)
+    def _reuse(self, pending: _Pending, twin: TrialRecord) -> None:
+        """Tell Optuna the twin's values for a repeated candidate (no build, no measurement)."""
+        trial = pending.trial
+        metrics = dict(twin.metrics)
+        self._set_constraints(trial, metrics)
+        for key, value in (("metrics", metrics), ("reused_from", twin.number),
+                           ("bundle", twin.bundle), ("bundle_digest", twin.bundle_digest),
+                           ("agent_id", twin.agent_id), ("fingerprint", dict(twin.fingerprint))):
+            trial.set_user_attr(key, value)
+        self._study.tell(trial, objective_values(metrics))
+        self.monitor.print(f"trial {trial.number:>3} {pending.candidate.describe():<44} "
+                           f"repeats trial {twin.number}: measurement reused")
+        self._refresh()
+
+    def _set_constraints(self, trial: Any, metrics: dict[str, float]) -> None:
+        """The accuracy band (and any latency/size limits) as Optuna constraints."""
+        c = self.config.constraints
+        assert self._baseline_accuracy is not None
+        for name, value in constraint_values(
+                metrics, baseline_accuracy=self._baseline_accuracy,
+                max_accuracy_drop=c.max_accuracy_drop, latency_p95_ms=c.latency_p95_ms,
+                size_kb=c.size_kb).items():
+            trial.set_constraint(name, value)
+
+    def _told(self, pending: _Pending) -> TrialRecord:
+        return record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
+
+    @_in_phase(TELL)
+    def _fail(self, pending: _Pending, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        pending.trial.set_user_attr("fail_reason", reason)
+        self._study.tell(pending.trial, state=TrialState.FAIL)
+        record = self._told(pending)
+        self.monitor.trial_finished(record)
+        self.monitor.print(f"[red]trial {record.number:>3} FAILED[/red] "
+                           f"{pending.candidate.describe()}: {reason}")
+        self._refresh()
+
+    def _interrupt(self, pending: _Pending) -> None:
+        """Record a trial the driver will not finish, and queue its candidate again."""
+        from optuna.trial import TrialState
+
+        pending.trial.set_user_attr("fail_reason", INTERRUPTED)
+        self._study.tell(pending.trial, state=TrialState.FAIL)
+        self._requeue(pending.trial)
+        self.monitor.print(f"[yellow]trial {pending.trial.number:>3} interrupted "
+                           f"{pending.candidate.describe()}; it runs again on resume")
+
+    @_in_phase(TELL)
+    def _finish(self, pending: _Pending, done: Completed) -> None:
+        if done.measurement is None:
+            if self._stop.requested:  # the agents may have been stopped with the driver
+                self._interrupt(pending)
+            else:
+                self._fail(pending, f"measurement failed: {done.error}")
+            return
+        assert pending.built is not None
+        measurement = done.measurement
+        if pending.trial.user_attrs.get("baseline"):
+            self._baseline_accuracy = measurement.accuracy
+            self._study.set_user_attr("baseline_accuracy", measurement.accuracy)
+            self._study.set_user_attr("baseline_trial", pending.trial.number)
+        metrics = trial_metrics(measurement, pending.candidate, pending.built.info,
+                                self._baseline_accuracy)
+        metrics["build_s"] = pending.built.build_seconds
+        self._set_constraints(pending.trial, metrics)
+        pending.trial.set_user_attr("metrics", metrics)
+        pending.trial.set_user_attr("agent_id", done.agent_id or measurement.agent_id)
+        pending.trial.set_user_attr("fingerprint", dict(measurement.fingerprint))
+        self._study.tell(pending.trial, objective_values(metrics))
+        record = self._told(pending)
+        front = self.monitor.trial_finished(record)
+        flag = "[green]feasible[/green]" if record.feasible else "[yellow]outside band[/yellow]"
+        self.monitor.print(
+            f"trial {record.number:>3} {describe_candidate(dict(record.candidate)):<44} "
+            f"acc {metrics['accuracy']:.4f}  p95 {metrics['latency_p95_ms']:.4f} ms  "
+            f"size {metrics['size_kb']:7.1f} KB  {flag}" + (" [bold]front[/bold]" if front else ""))
+        self._refresh()
+
+    @_in_phase(TRACK)
+    def _refresh(self, note: str = "") -> None:
+        """After a trial: redraw the progress, and mirror the study into MLflow."""
+        self._show(note)
+        self.monitor.sync(self.records())
+
+    @_in_phase(TRACK)
+    def _show(self, note: str = "") -> None:
+        if self._stop.requested and not note:
+            note = (f"stopping: waiting for {len(self._pending)} trial(s) in flight; Ctrl-C "
+                    f"again to abort them" if self._pending else "stopping")
+        self.monitor.show(self.records(), len(self._pending) + len(self._ready), note)
+
+    def records(self) -> list[TrialRecord]:
+        return [record_from_trial(t) for t in self._study.get_trials(deepcopy=False)]
+
+    def _finished(self) -> int:
+        """Trials that count against the budget (interrupted ones are run again)."""
+        return sum(r.finished for r in self.records())
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, options: RunOptions) -> StudySummary:
+        self.workspace.create()
+        lock = StudyLock(self.workspace)
+        for note in lock.acquire():
+            self.monitor.print(f"[yellow]{note}")
+        try:
+            return self._run_locked(options, lock)
+        finally:
+            lock.release()
+
+    def _run_locked(self, options: RunOptions, lock: StudyLock) -> StudySummary:
+        prepared = prepare(self.config, self.workspace.cache)
+        self._study = self._open_study(options.trials)
+        self._study.set_user_attr("config", self.config.model_dump(mode="json", by_alias=True))
+        self._study.set_user_attr("max_accuracy_drop", self.config.constraints.max_accuracy_drop)
+        self._recover_interrupted()
+        self.monitor.begin(self.records(),
+                           Budget(options.trials, options.timeout_s, options.patience))
+        stop_reason = TRIALS_DONE
+        with self.monitor.display:
+            # catch up with what a killed or offline run could not log
+            self._refresh("starting the agents")
+            with sigint_ignored():  # Ctrl-C must reach the driver only (search.study.interrupts)
+                dispatcher = self.dispatcher_factory(self.config, self.workspace)
+            lock.remember_children()
+            self.monitor.clock.agents_ready(self._finished())
+            self.clock = PhaseClock()  # the trials' time, from the agents being ready
+            self._show()
+            try:
+                with self._stop:
+                    eval_payload = EvalSetPayload.from_eval_set(prepared.data.test_set())
+                    eval_ref = dispatcher.share(eval_payload)
+                    self._run_baseline(prepared, dispatcher, eval_payload.digest, eval_ref)
+                    seed_study(self._study, prepared, self.config, self.workspace, self.console)
+                    stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref)
+            except (KeyboardInterrupt, SystemExit):
+                stop_reason = INTERRUPTED_BY_USER
+                with contextlib.suppress(Exception):  # keep what finished just before
+                    self._collect(dispatcher, timeout=0.0)
+                for pending in [*self._pending.values(), *self._ready]:
+                    self._interrupt(pending)
+                self._pending, self._ready = {}, []
+            finally:
+                timing = self.clock.times()  # the trials' time: stopping the agents is not
+                dispatcher.close()
+            self._show(f"stopped: {stop_reason}")
+        self._study.set_user_attr("timing", timing.to_dict())
+        self.monitor.sync(self.records(), final=True)
+        records = self.records()
+        return StudySummary(self.config.study, records,
+                            ParetoFront.from_records(records,
+                                                     self.config.constraints.max_accuracy_drop),
+                            stop_reason, self.monitor.history.hypervolume, timing)
+
+    def _run_baseline(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
+                      eval_ref: Any) -> None:
+        from optuna.trial import TrialState
+
+        done = [r for r in self.records() if r.baseline and r.complete]
+        if done:
+            self._baseline_accuracy = done[0].metrics["accuracy"]
+            return
+        waiting = self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not any(t.user_attrs.get("baseline") for t in waiting):
+            self._study.enqueue_trial(prepared.space.baseline_params(),
+                                      user_attrs={"baseline": True})
+        pending = self._ask(prepared)
+        if not pending.trial.user_attrs.get("baseline"):
+            raise SearchError("the fp32 baseline was not the next trial; is another driver "
+                              "running this study?")
+        if not self._build(pending, prepared):
+            raise SearchError("the fp32 baseline could not be built (see the trial above)")
+        self._submit(dispatcher, pending, eval_digest, eval_ref)
+        while pending.trial.number in self._pending:
+            self._collect(dispatcher, timeout=1.0)
+        if self._stop.requested and self._baseline_accuracy is None:
+            raise KeyboardInterrupt
+        if self._baseline_accuracy is None:
+            raise SearchError("the fp32 baseline could not be measured (see the trial above)")
+
+    def _loop(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
+              eval_ref: Any) -> str:
+        stop_reason: str | None = None
+        while True:
+            if self._stop.requested:
+                stop_reason = INTERRUPTED_BY_USER
+                if self._stop.announce():
+                    self._show()
+                for pending in self._ready:  # built, not yet measured: run it on resume
+                    self._interrupt(pending)
+                self._ready = []
+            self._dispatch_ready(dispatcher, eval_digest, eval_ref)
+            if self._ready and not self._pending and dispatcher.free_slots() == 0 and \
+                    not dispatcher.wait_for_free_slot():  # waits device.wait_for_agents_s
+                for pending in self._ready:  # every agent is gone: fail rather than wait
+                    self._fail(pending, "no agent of the device class is available")
+                self._ready = []
+                return "no agent available"
+            if self._stop.requested:
+                stop_reason = INTERRUPTED_BY_USER
+            if stop_reason is None:
+                stop_reason = self.monitor.stop_reason(
+                    self._finished(), in_flight=len(self._pending) + len(self._ready))
+            if stop_reason is None and not self._ready:  # build while the agents measure
+                pending = self._ask(prepared)
+                self._await_in_flight_twin(pending.candidate, dispatcher, eval_digest, eval_ref)
+                twin = self._measured_twin(pending.candidate)
+                if twin is not None:
+                    self._reuse(pending, twin)
+                    self._repeats += 1
+                    if self._repeats >= EXHAUSTED_AFTER_REPEATS:
+                        stop_reason = SPACE_EXHAUSTED
+                    continue
+                self._repeats = 0
+                if self._build(pending, prepared):
+                    self._ready.append(pending)
+                self._collect(dispatcher, timeout=0.0)  # what finished during the build
+                continue
+            if not self._pending and not self._ready:
+                return stop_reason or TRIALS_DONE
+            self._collect(dispatcher, timeout=1.0)
+
+    def _dispatch_ready(self, dispatcher: Dispatcher, eval_digest: str, eval_ref: Any) -> None:
+        while self._ready and dispatcher.free_slots() > 0:
+            self._submit(dispatcher, self._ready.pop(0), eval_digest, eval_ref)
+
+    @_in_phase(SUBMIT)
+    def _submit(self, dispatcher: Dispatcher, pending: _Pending, eval_digest: str,
+                eval_ref: Any) -> None:
+        self._pending[pending.trial.number] = pending
+        dispatcher.submit(pending.trial.number, self._request(pending, eval_digest, eval_ref))
+
+    def _await_in_flight_twin(self, candidate: Candidate, dispatcher: Dispatcher,
+                              eval_digest: str, eval_ref: Any) -> None:
+        """Let an in-flight trial of the same candidate finish, so that it can be reused."""
+        key = candidate.to_dict()
+
+        def twin_in_flight() -> bool:
+            return any(p.candidate.to_dict() == key
+                       for p in (*self._pending.values(), *self._ready))
+
+        while twin_in_flight():
+            self._dispatch_ready(dispatcher, eval_digest, eval_ref)
+            if not self._pending:  # nothing can finish (no agent): build and measure anew
+                return
+            self._collect(dispatcher, timeout=1.0)
+
+    def _collect(self, dispatcher: Dispatcher, timeout: float) -> None:
+        with self.clock.phase(WAIT):
+            completed = dispatcher.poll(timeout=timeout)
+        for done in completed:
+            self._finish(self._pending.pop(done.key), done)

@@ -1,0 +1,1 @@
+"""MLflow: the store, the mirror of a study, its background thread, the pictures."""

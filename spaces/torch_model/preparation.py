@@ -1,0 +1,113 @@
+"""From a PyTorch model factory and its data to a ready :class:`TorchBuilder`: check the
+architecture (layer groups, their operators) before anything is trained, train or load the fp32
+model, retrofit exit heads, and set up the builder. What the search calls to get a builder for a
+torch model; everything torch happens behind it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spaces.data import DataSplits
+from spaces.errors import ModelError, SpaceError, SplitError
+from spaces.layer_groups import LayerGroups
+from spaces.references import file_digest, load_reference, reference_file
+from spaces.settings import BuildSettings, ExitHeadSpec, TrainSettings
+from spaces.torch_model.baseline import TrainedModel, build_untrained, train_or_load_baseline
+from spaces.torch_model.builder import TorchBuilder
+from spaces.torch_model.exit_heads import retrofit_exits
+from spaces.torch_model.module_groups import (
+    auto_groups,
+    explicit_groups,
+    operators_by_group,
+    stage_groups,
+)
+from spaces.torch_model.staged_model import StagedModel, as_staged
+
+log = logging.getLogger(__name__)
+#: ``auto``, ``stages``, or group name -> module paths.
+GroupsSpec = str | Mapping[str, Sequence[str]]
+#: Called with each group's compute operators before the model is trained (raise to stop).
+OperatorCheck = Callable[[Mapping[str, tuple[str, ...]]], None]
+
+
+@dataclass(frozen=True)
+class TorchModelSpec:
+    """The user's torch model: a factory reference and how it is trained and grouped.
+
+    ``exit_heads`` retrofits heads after named modules (None: the model declares its exits, or
+    has none); ``exit_loss_weights`` weights a declared model's exits during training.
+    """
+
+    factory: str
+    base_dir: Path
+    train: TrainSettings
+    groups: GroupsSpec = "auto"
+    exit_heads: ExitHeadSpec | None = None
+    exit_loss_weights: tuple[float, ...] = ()
+
+
+def layer_groups_of(model: StagedModel, spec: GroupsSpec, example: torch.Tensor) -> LayerGroups:
+    """The layer groups ``spec`` asks for; raises :class:`SpaceError` naming what is wrong."""
+    if spec == "auto":
+        return auto_groups(model, example)
+    if spec == "stages":
+        return stage_groups(model)
+    if isinstance(spec, str):
+        raise SpaceError(f"quantization.groups: expected auto, stages or a mapping, got {spec!r}")
+    return explicit_groups(model, spec, example)
+
+
+def declared_exit_weights(spec: TorchModelSpec, factory: Callable[[], nn.Module]
+                          ) -> tuple[float, ...]:
+    """The loss weights of a model that declares its exits (a StagedModel), checked against
+    its number of exits."""
+    weights = spec.exit_loss_weights
+    if spec.exit_heads is not None or not weights:
+        return ()
+    try:
+        stages = as_staged(factory()).num_stages
+    except Exception:  # the baseline's own checks report a broken factory clearly
+        return tuple(weights)
+    if len(weights) != stages:
+        raise SpaceError(f"early_exit.heads.loss_weights: {len(weights)} values for a model "
+                         f"with {stages} exits (one per exit, the last one the classifier)")
+    return tuple(weights)
+
+
+def prepare_torch_builder(spec: TorchModelSpec, data: DataSplits, settings: BuildSettings,
+                          cache_dir: Path, *, check_operators: OperatorCheck | None = None
+                          ) -> TorchBuilder:
+    """Train (or load) the fp32 model, retrofit its exits, and return its builder."""
+    torch.set_num_threads(1)
+    factory = load_reference(spec.factory, spec.base_dir)
+    if not callable(factory):
+        raise ModelError(f"model.factory {spec.factory!r} is not callable")
+    example = torch.from_numpy(data.preprocess(data.train_x[:1]))
+    untrained = build_untrained(factory, data)
+    if check_operators is not None:  # fail on bad groups or precisions before training
+        groups = layer_groups_of(untrained, spec.groups, example)
+        check_operators(operators_by_group(untrained, example, groups))
+    train = replace(spec.train, exit_weights=declared_exit_weights(spec, factory))
+    digest = file_digest(reference_file(spec.factory, spec.base_dir))
+    trained: TrainedModel = train_or_load_baseline(factory, data, train, cache_dir,
+                                                   model_digest=f"{spec.factory}:{digest}")
+    log.info("fp32 model %s (validation accuracy per exit %s)",
+             "loaded from cache" if trained.from_cache else "trained",
+             ", ".join(f"{a:.4f}" for a in trained.exit_accuracies))
+    if spec.exit_heads is not None:
+        try:
+            trained = retrofit_exits(trained, data, spec.exit_heads, cache_dir)
+        except SplitError as exc:
+            raise SplitError(f"early_exit.after: {exc}") from exc
+        log.info("exit heads after %s %s (validation accuracy per exit %s)",
+                 ", ".join(spec.exit_heads.after),
+                 "loaded from cache" if trained.from_cache else "trained",
+                 ", ".join(f"{a:.4f}" for a in trained.exit_accuracies))
+    return TorchBuilder(trained=trained, data=data, cache_dir=cache_dir, settings=settings,
+                        groups=layer_groups_of(trained.fresh(), spec.groups, example))

@@ -1,0 +1,113 @@
+"""A tiny study end to end, as a user runs it: the CLI, a real Ray agent, MLflow on sqlite.
+
+Resuming after SIGKILL and Ctrl-C, and the MLflow server, are in test_end_to_end_resume.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.e2e]
+TRIALS = 6
+
+
+def paretoedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_project):
+    """Run one small study through the CLI for every assertion below."""
+    directory = tmp_path_factory.mktemp("e2e")
+    config = tiny_project(directory, "e2e")
+    done = paretoedge("run", str(config), "--trials", str(TRIALS), "--workdir",
+                      str(directory / "runs"), cwd=directory)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return directory, done.stdout
+
+
+def test_the_run_prints_the_feasible_front(study) -> None:
+    _, stdout = study
+    assert "Feasible Pareto front of e2e" in stdout
+    assert "trial   0" in stdout and f"trial   {TRIALS - 1}" in stdout
+
+
+def test_every_trial_was_measured_by_the_agent(study) -> None:
+    from search.workspace import Workspace, load_records
+
+    directory, _ = study
+    records, attrs = load_records(Workspace(directory / "runs", "e2e"))
+    assert sum(not r.reused for r in records) == TRIALS  # repeats reuse a measurement
+    assert records[0].baseline and attrs["baseline_accuracy"] == records[0].metrics["accuracy"]
+    for r in records:
+        assert r.complete, r.fail_reason
+        m = r.metrics
+        assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"] <= m["latency_p99_ms"]
+        assert m["latency_n"] >= 20
+        # accuracy is a count over the 200-sample eval set, one sample at a time
+        assert m["accuracy"] * 200 == pytest.approx(round(m["accuracy"] * 200))
+        assert m["size_kb"] > 0 and m["peak_mem_mb"] > 0
+        assert sum(m[k] for k in m if k.startswith("exit_rate_")) == pytest.approx(1.0)
+        assert r.agent_id and r.agent_id.startswith("local-")
+        assert r.fingerprint["onnxruntime"] and r.fingerprint["threads"] == 1
+
+
+def test_mlflow_holds_the_parent_run_the_trials_and_their_tags(study) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking.mlflow_store import tracking_uri
+
+    directory, _ = study
+    client = MlflowClient(tracking_uri=tracking_uri(directory / "runs"))
+    experiment = client.get_experiment_by_name("paretoedge/e2e")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("paretoedge.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("paretoedge.role") == "trial"]
+    assert len(parents) == 1
+    assert sum("reused_from" not in r.data.tags for r in children) == TRIALS
+    parent_id = parents[0].info.run_id
+    assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in children)
+    assert all(r.data.tags["feasible"] in ("true", "false") for r in children)
+    assert sum(r.data.tags["baseline"] == "true" for r in children) == 1
+    pareto = {int(r.data.tags["trial_number"]) for r in children
+              if r.data.tags["pareto"] == "true"}
+    front = paretoedge("front", "e2e", "--workdir", str(directory / "runs"), "--format", "json",
+                       cwd=directory)
+    assert front.returncode == 0, front.stderr
+    assert pareto == {row["trial"] for row in json.loads(front.stdout)}
+    metric_names = set(children[0].data.metrics)
+    assert {"accuracy", "accuracy_drop", "latency_p95_ms", "size_kb", "prune_ratio",
+            "peak_mem_mb", "ece"} <= metric_names
+    assert "hypervolume" in parents[0].data.metrics
+
+
+def test_best_returns_a_bundle_the_runtime_loads_and_runs(study, tmp_path) -> None:
+    from device_agents import CascadeRunner
+
+    directory, _ = study
+    runs = str(directory / "runs")
+    done = paretoedge("best", "e2e", "--workdir", runs, "--where", "latency_p95_ms < 1000",
+                      "--maximize", "accuracy", "--format", "json", "--export",
+                      str(tmp_path / "deploy"), cwd=directory)
+    assert done.returncode == 0, done.stderr
+    chosen = json.loads(done.stdout)
+    assert chosen["feasible"] and chosen["state"] == "COMPLETE"
+    for path in (chosen["bundle_path"], chosen["exported_to"]):
+        runner = CascadeRunner.load(path, expected_digest=chosen["bundle_digest"])
+        prediction = runner.predict(np.full((1, 8, 8), 8.0, dtype=np.float32))
+        assert 0 <= prediction.label < 10
+    assert (Path(chosen["exported_to"]) / "README.md").is_file()
+    nothing = paretoedge("best", "e2e", "--workdir", runs, "--where", "latency_p95_ms < 1e-9",
+                         "--maximize", "accuracy", cwd=directory)
+    assert nothing.returncode == 1
+    assert nothing.stderr.strip().count("\n") == 0 and "no feasible trial" in nothing.stderr
