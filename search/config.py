@@ -12,10 +12,11 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from device_agents.bundle import CONFIDENCE_MEASURES
+from device_agents.profiles import profile_for
 from search.durations import parse_duration
 from search.errors import ConfigError
-
-DEFAULT_ROUND_TO = 8
+from spaces.precisions import Precision
 
 
 class _Strict(BaseModel):
@@ -63,9 +64,6 @@ class ConstraintsConfig(_Strict):
     max_accuracy_drop: float = Field(0.01, ge=0, le=1)
     latency_p95_ms: float | None = Field(None, gt=0)
     size_kb: float | None = Field(None, gt=0)
-
-
-Precision = Literal["fp32", "int8", "int8_wo", "int4_wo", "fp16"]
 
 
 class WeightOnlyConfig(_Strict):
@@ -180,10 +178,7 @@ class PruningConfig(_Strict):
         """Channel rounding for a device class: ``round_to``, else the class's entry, else 8."""
         if self.round_to is not None:
             return self.round_to
-        return self.round_to_by_device.get(device_class, DEFAULT_ROUND_TO)
-
-
-CONFIDENCE_MEASURES = ("max_softmax", "margin", "entropy")
+        return profile_for(device_class, round_to_by_device=self.round_to_by_device).round_to
 
 
 class ExitHeadsConfig(_Strict):

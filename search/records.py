@@ -7,34 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search.metrics import OBJECTIVES
+
 #: ``fail_reason`` of a trial the driver did not finish (Ctrl-C, SIGKILL): it runs again.
 INTERRUPTED = "interrupted"
-
-#: Objectives of every study: (metric, direction).
-OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"),
-                                           ("latency_p95_ms", "minimize"),
-                                           ("size_kb", "minimize"))
-
-#: Metric names of DESIGN.md, plus knobs and build facts logged as metrics.
-DOCUMENTED_METRICS: tuple[str, ...] = (
-    "accuracy", "accuracy_drop", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms",
-    "latency_p95_ms", "latency_p99_ms", "latency_std_ms", "latency_n", "latency_ci_rel_width",
-    "latency_cpu_share",
-    "size_kb", "peak_mem_mb", "ece", "energy_mj", "prune_ratio", "exit_threshold",
-    "early_exit", "int8_groups", "macs_m", "params_k", "fused_int_ops_ratio", "build_s",
-    "measure_s",
-)
-
-
-#: Metrics per exit: ``<prefix><k>`` for exit ``k``.
-PER_EXIT_METRICS: tuple[str, ...] = ("exit_rate_", "ece_exit_", "exit_threshold_",
-                                      "prune_ratio_stage")
-
-
-def is_known_metric(name: str) -> bool:
-    return name in DOCUMENTED_METRICS or any(
-        name.startswith(prefix) and name.removeprefix(prefix).isdigit()
-        for prefix in PER_EXIT_METRICS)
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,8 @@ def stable_key(*parts: Any) -> str:
     """A short sha256 of JSON-serialisable parts, for cache directories."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def candidate_label(data: Mapping[str, Any]) -> str:
+    """:meth:`Candidate.describe` of a stored candidate dict (``-`` for a trial without one)."""
+    return Candidate.from_dict(data).describe() if data else "-"

@@ -26,7 +26,8 @@ from bench_common import ROOT, console, table, write_json
 from device_agents import BundlePayload, EvalSetPayload, LocalDeviceAgent, MeasureRequest
 from device_agents.protocol import MeasurementProtocol
 from search.config import load_config
-from search.records import OBJECTIVES, TrialRecord
+from search.metrics import OBJECTIVES
+from search.records import TrialRecord
 from search.results.pareto import ParetoFront
 from search.study.objectives import constraint_values, objective_values
 from search.study.preparation import prepare

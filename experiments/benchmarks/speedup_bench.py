@@ -27,10 +27,10 @@ from typing import Any
 from bench_common import ROOT, console, copy_baseline, measure_interleaved, table, write_json
 
 from search.config import load_config
-from search.results.front_table import describe_candidate
 from search.study.preparation import prepare
 from search.study.runner import RunOptions, StudyRunner
 from search.workspace import Workspace
+from spaces.candidate import candidate_label
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,7 +87,7 @@ def main() -> None:
     console.print(table(
         f"{config.study}: the fastest feasible trials by {key} (as the study measured them)",
         ["trial", "candidate", "accuracy", "drop pp", "p50 ms", "p95 ms", "size KB"],
-        [[r.number, describe_candidate(dict(r.candidate)), r.metrics["accuracy"],
+        [[r.number, candidate_label(dict(r.candidate)), r.metrics["accuracy"],
           f"{100 * r.metrics['accuracy_drop']:+.2f}", r.metrics["latency_p50_ms"],
           r.metrics[key] if key == "latency_p95_ms" else r.metrics["latency_p95_ms"],
           r.metrics["size_kb"]] for r in [baseline, *feasible[:5]]]))
@@ -106,7 +106,7 @@ def main() -> None:
         f"agent, {args.rounds} interleaved rounds x {args.runs} runs, median of rounds",
         ["bundle", "candidate", "accuracy", "drop pp", "mean ms", "p50 ms", "p95 ms",
          "p50 CV", "size KB"],
-        [[name, describe_candidate(dict(r.candidate)), row["accuracy"],
+        [[name, candidate_label(dict(r.candidate)), row["accuracy"],
           f"{100 * (fp32['accuracy'] - row['accuracy']):+.2f}", row["mean_ms"], row["p50_ms"],
           row["p95_ms"], f"{100 * row['p50_cv']:.1f} %", row["size_kb"]]
          for (name, row), r in zip(rows.items(), (baseline, best), strict=True)]))

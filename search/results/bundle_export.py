@@ -7,7 +7,7 @@ from pathlib import Path
 
 from device_agents import verify_bundle
 from search.records import TrialRecord
-from search.results.front_table import describe_candidate
+from spaces.candidate import candidate_label
 
 _README = """# paretoedge bundle: {study}, trial {trial}
 
@@ -50,7 +50,7 @@ def export_bundle(record: TrialRecord, source: Path, target: Path, study: str) -
               f"{fingerprint.get('onnxruntime', '?')}, {fingerprint.get('threads', '?')} "
               f"thread(s))")
     (target / "README.md").write_text(_README.format(
-        study=study, trial=record.number, candidate=describe_candidate(dict(record.candidate)),
+        study=study, trial=record.number, candidate=candidate_label(dict(record.candidate)),
         rows=rows, device=device, name=target.name, shape=tuple(manifest.input.shape),
         dtype=manifest.input.dtype))
     verify_bundle(target, record.bundle_digest)

@@ -10,18 +10,10 @@ from collections.abc import Sequence
 from rich.table import Table
 
 from search.records import TrialRecord
+from spaces.candidate import candidate_label
 
 COLUMNS = ("accuracy", "accuracy_drop", "latency_p50_ms", "latency_p95_ms", "latency_mean_ms",
            "size_kb", "peak_mem_mb", "ece", "macs_m")
-
-
-def describe_candidate(candidate: dict) -> str:
-    if not candidate:
-        return "-"
-    quant = "/".join(candidate.get("quantization", []))
-    thresholds = candidate.get("exit_thresholds") or []
-    exits = "exit@" + ",".join(f"{t:.3f}" for t in thresholds) if thresholds else "no-exit"
-    return f"{quant} prune={candidate.get('prune_ratio', 0):g} {exits}"
 
 
 def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
@@ -37,7 +29,7 @@ def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
         speedup = (baseline.metrics["latency_p95_ms"] / m["latency_p95_ms"]
                    if baseline and m.get("latency_p95_ms") else float("nan"))
         table.add_row(str(r.number) + (" (fp32)" if r.baseline else ""),
-                      describe_candidate(dict(r.candidate)),
+                      candidate_label(dict(r.candidate)),
                       f"{m.get('accuracy', float('nan')):.4f}",
                       f"{100 * m.get('accuracy_drop', float('nan')):+.2f}",
                       f"{m.get('latency_p50_ms', float('nan')):.4f}",
@@ -58,6 +50,6 @@ def records_csv(records: Sequence[TrialRecord]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["trial", "baseline", "feasible", "candidate", *metric_names, "bundle"])
     for r in records:
-        writer.writerow([r.number, r.baseline, r.feasible, describe_candidate(dict(r.candidate)),
+        writer.writerow([r.number, r.baseline, r.feasible, candidate_label(dict(r.candidate)),
                          *(r.metrics.get(k, "") for k in metric_names), r.bundle or ""])
     return buffer.getvalue()

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from search.records import OBJECTIVES, TrialRecord
+from search.metrics import OBJECTIVES
+from search.records import TrialRecord
 
 
 def _losses(records: Sequence[TrialRecord]) -> np.ndarray:

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from search.errors import NothingFoundError, QueryError
-from search.records import DOCUMENTED_METRICS, PER_EXIT_METRICS, TrialRecord, is_known_metric
+from search.metrics import is_known_metric, metric_names
+from search.records import TrialRecord
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
@@ -47,8 +48,7 @@ def parse_where(expression: str | None) -> tuple[Condition, ...]:
 def check_metric(name: str, where: str) -> None:
     if not is_known_metric(name):
         raise QueryError(f"{where}: unknown metric {name!r}; known metrics: "
-                         f"{', '.join(DOCUMENTED_METRICS)}, "
-                         f"{', '.join(prefix + '<k>' for prefix in PER_EXIT_METRICS)}")
+                         f"{', '.join(metric_names())}")
 
 
 def tie_break_key(record: TrialRecord) -> tuple[float, ...]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from device_agents import Measurement
-from search.records import OBJECTIVES
+from search.metrics import OBJECTIVES
 from spaces import Candidate
 
 

@@ -10,7 +10,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from search.records import OBJECTIVES, TrialRecord
+from search.metrics import OBJECTIVES
+from search.records import TrialRecord
 from search.study.budget import format_seconds
 
 

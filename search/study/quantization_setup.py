@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 
 def quant_target(config: StudyConfig) -> str:
     """``x86`` or ``arm``: what the int8 defaults are chosen for."""
-    from device_agents.profiles import int8_target_of
+    from device_agents.profiles import profile_for
 
     q = config.quantization
-    return int8_target_of(config.device.class_) if q.target == "auto" else q.target
+    return profile_for(config.device.class_).int8_target if q.target == "auto" else q.target
 
 
 def quant_settings(config: StudyConfig) -> QuantSettings:

@@ -25,8 +25,8 @@ from device_agents.bundle import BundlePayload
 from search.config import StudyConfig
 from search.errors import SearchError
 from search.fleet.dispatch import Completed, Dispatcher
-from search.records import INTERRUPTED, OBJECTIVES, TrialRecord, record_from_trial
-from search.results.front_table import describe_candidate
+from search.metrics import OBJECTIVES
+from search.records import INTERRUPTED, TrialRecord, record_from_trial
 from search.results.pareto import ParetoFront
 from search.study.budget import INTERRUPTED_BY_USER, SPACE_EXHAUSTED, TRIALS_DONE, Budget
 from search.study.interrupts import GracefulStop, sigint_ignored
@@ -40,6 +40,7 @@ from search.study_lock import StudyLock
 from search.tracking.tracker import Tracker
 from search.workspace import Workspace, open_storage
 from spaces import BuildError, BuiltBundle, Candidate
+from spaces.candidate import candidate_label
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -290,7 +291,7 @@ class StudyRunner:
         front = self.monitor.trial_finished(record)
         flag = "[green]feasible[/green]" if record.feasible else "[yellow]outside band[/yellow]"
         self.monitor.print(
-            f"trial {record.number:>3} {describe_candidate(dict(record.candidate)):<44} "
+            f"trial {record.number:>3} {candidate_label(dict(record.candidate)):<44} "
             f"acc {metrics['accuracy']:.4f}  p95 {metrics['latency_p95_ms']:.4f} ms  "
             f"size {metrics['size_kb']:7.1f} KB  {flag}" + (" [bold]front[/bold]" if front else ""))
         self._refresh()

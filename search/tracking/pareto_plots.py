@@ -6,8 +6,8 @@ import io
 from collections.abc import Sequence
 
 from search.records import TrialRecord
-from search.results.front_table import describe_candidate
 from search.results.pareto import HypervolumePoint
+from spaces.candidate import candidate_label
 
 _GROUPS = (("Pareto front", "#d62728"), ("feasible", "#1f77b4"),
            ("outside the accuracy band", "#b0b0b0"))
@@ -41,7 +41,7 @@ def pareto_html(records: Sequence[TrialRecord], front: set[int],
         if not chosen:
             continue
         hover = [f"trial {r.number}{' (fp32)' if r.baseline else ''}<br>"
-                 f"{describe_candidate(dict(r.candidate))}<br>"
+                 f"{candidate_label(dict(r.candidate))}<br>"
                  f"accuracy {r.metrics['accuracy']:.4f}<br>"
                  f"p95 {r.metrics['latency_p95_ms']:.4f} ms<br>"
                  f"size {r.metrics['size_kb']:.1f} KB" for r in chosen]

@@ -1,0 +1,43 @@
+"""Every metric name of a trial, with its direction and unit: what the device measured
+(:mod:`device_agents.metric_names`) plus the knobs and build facts the study logs as metrics so
+that MLflow filters and ``--where`` can use them. The objectives are named here too."""
+
+from __future__ import annotations
+
+from device_agents.metric_names import MEASURED, MetricName
+
+_KNOBS_AND_FACTS: tuple[MetricName, ...] = (
+    MetricName("accuracy_drop", "min", "", "baseline accuracy minus the trial's"),
+    MetricName("prune_ratio", "", "", "share of channels removed (mean over stages)"),
+    MetricName("prune_ratio_stage", "", "", "share of channels removed in stage k"),
+    MetricName("exit_threshold", "", "", "lowest exit threshold"),
+    MetricName("exit_threshold_", "", "", "threshold of exit k"),
+    MetricName("early_exit", "", "", "1 when the bundle is a cascade with exits"),
+    MetricName("int8_groups", "", "groups", "layer groups at int8"),
+    MetricName("macs_m", "min", "M", "multiply-accumulates of the full path"),
+    MetricName("params_k", "min", "k", "parameters"),
+    MetricName("fused_int_ops_ratio", "", "", "quantized compute ops fused into integer kernels"),
+    MetricName("integer_ops", "", "ops", "integer kernels in the optimized graphs"),
+    MetricName("build_s", "", "s", "time to build the bundle"),
+    MetricName("measure_s", "", "s", "time the measurement took"),
+    MetricName("agent_s", "", "s", "the agent's whole time for the request"),
+)
+#: Every metric a trial can carry, by name (``*_`` and ``*stage`` names are families).
+METRICS: dict[str, MetricName] = {m.name: m for m in (*MEASURED, *_KNOBS_AND_FACTS)}
+#: The objectives of every study: (metric, Optuna direction).
+OBJECTIVES: tuple[tuple[str, str], ...] = tuple(
+    (name, "maximize" if METRICS[name].direction == "max" else "minimize")
+    for name in ("accuracy", "latency_p95_ms", "size_kb"))
+
+
+def is_known_metric(name: str) -> bool:
+    """Whether ``name`` is a trial metric (``exit_rate_2``, ``prune_ratio_stage1`` included)."""
+    return (name in METRICS and not METRICS[name].per_index) or any(
+        m.per_index and name.startswith(m.name) and name.removeprefix(m.name).isdigit()
+        for m in METRICS.values())
+
+
+def metric_names() -> list[str]:
+    """The names for an error message: plain names, then families as ``<name><k>``."""
+    return ([m.name for m in METRICS.values() if not m.per_index]
+            + [m.name + "<k>" for m in METRICS.values() if m.per_index])
