@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.metrics import OBJECTIVES
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
 
 #: ``fail_reason`` of a trial the driver did not finish (Ctrl-C, SIGKILL): it runs again.
 INTERRUPTED = "interrupted"
@@ -69,14 +73,19 @@ class TrialRecord:
                 "reused_from": self.reused_from}
 
 
-def record_from_trial(trial: Any) -> TrialRecord:
-    """Build a record from an ``optuna.trial.FrozenTrial``."""
-    attrs = trial.user_attrs
-    constraints = getattr(trial, "constraints", None) or {}
-    feasible = trial.state.name == "COMPLETE" and all(v <= 0 for v in constraints.values())
+#: Study user attr: numbers of trials a killed driver left RUNNING (failed as interrupted).
+INTERRUPTED_ATTR = "interrupted_trials"
+
+
+def record_from_parts(*, number: int, state: str, params: Mapping[str, Any],
+                      user_attrs: Mapping[str, Any], constraints: Sequence[float] | None,
+                      finished_at: float | None) -> TrialRecord:
+    """A record from what a trial holds: its state, params, user attrs and constraints."""
+    attrs = user_attrs
+    feasible = state == "COMPLETE" and all(v <= 0 for v in constraints or ())
     return TrialRecord(
-        number=trial.number,
-        state=trial.state.name,
+        number=number,
+        state=state,
         candidate=attrs.get("candidate", {}),
         metrics={k: float(v) for k, v in attrs.get("metrics", {}).items()},
         feasible=feasible,
@@ -87,11 +96,29 @@ def record_from_trial(trial: Any) -> TrialRecord:
         agent_id=attrs.get("agent_id"),
         device_class=attrs.get("device_class"),
         fingerprint=attrs.get("fingerprint", {}),
-        params=dict(trial.params),
-        finished_at=(trial.datetime_complete.timestamp()
-                     if trial.datetime_complete is not None else None),
+        params=dict(params),
+        finished_at=finished_at,
         reused_from=attrs.get("reused_from"),
     )
+
+
+def record_from_trial(trial: FrozenTrial, interrupted: Collection[int] = ()) -> TrialRecord:
+    """Build a record from an ``optuna.trial.FrozenTrial``; ``interrupted`` are the numbers of
+    trials a killed driver left behind (the study's ``interrupted_trials`` user attr)."""
+    attrs = dict(trial.user_attrs)
+    if trial.number in interrupted:
+        attrs.setdefault("fail_reason", INTERRUPTED)
+    return record_from_parts(
+        number=trial.number, state=trial.state.name, params=trial.params, user_attrs=attrs,
+        constraints=list((getattr(trial, "constraints", None) or {}).values()),
+        finished_at=(trial.datetime_complete.timestamp()
+                     if trial.datetime_complete is not None else None))
+
+
+def records_of(study: optuna.Study) -> list[TrialRecord]:
+    """Every trial of a study as a record (read from its storage)."""
+    interrupted = set(study.user_attrs.get(INTERRUPTED_ATTR, ()))
+    return [record_from_trial(t, interrupted) for t in study.get_trials(deepcopy=False)]
 
 
 def finish_order(records: Sequence[TrialRecord]) -> list[TrialRecord]:

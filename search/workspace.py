@@ -60,9 +60,9 @@ def load_records(workspace: Workspace):
     """Every trial of a stored study, as :class:`TrialRecord` s, and the study's user attrs."""
     import optuna
 
-    from search.records import record_from_trial
+    from search.records import records_of
 
     workspace.require()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=workspace.study, storage=open_storage(workspace.journal))
-    return [record_from_trial(t) for t in study.get_trials(deepcopy=False)], study.user_attrs
+    return records_of(study), study.user_attrs

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 
@@ -26,7 +26,7 @@ from search.config import StudyConfig
 from search.errors import SearchError
 from search.fleet.dispatch import Completed, Dispatcher
 from search.metrics import OBJECTIVES
-from search.records import INTERRUPTED, TrialRecord, record_from_trial
+from search.records import INTERRUPTED, INTERRUPTED_ATTR, TrialRecord
 from search.results.pareto import ParetoFront
 from search.study.budget import INTERRUPTED_BY_USER, SPACE_EXHAUSTED, TRIALS_DONE, Budget
 from search.study.interrupts import GracefulStop, sigint_ignored
@@ -36,11 +36,15 @@ from search.study.phase_clock import ASK, BUILD, SUBMIT, TELL, TRACK, WAIT, Phas
 from search.study.preparation import Prepared, prepare
 from search.study.samplers import make_sampler
 from search.study.sensitivity import seed_study
+from search.study.trial_log import TrialLog
 from search.study_lock import StudyLock
 from search.tracking.tracker import Tracker
 from search.workspace import Workspace, open_storage
 from spaces import BuildError, BuiltBundle, Candidate
 from spaces.candidate import candidate_label
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,7 +87,7 @@ class StudySummary:
 
 @dataclass
 class _Pending:
-    trial: Any
+    trial: optuna.Trial
     candidate: Candidate
     built: BuiltBundle | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -134,6 +138,7 @@ class StudyRunner:
         self.monitor = StudyMonitor(config, workspace, self.console, tracker=tracker, live=live)
         self._baseline_accuracy: float | None = None
         self._pending: dict[int, _Pending] = {}
+        self._log = TrialLog()
         self._ready: list[_Pending] = []
         self._repeats = 0  # consecutive candidates that repeated a measured one
         self._stop = GracefulStop()
@@ -163,12 +168,18 @@ class StudyRunner:
         """Trials left RUNNING by a killed driver: mark them FAIL and enqueue them again."""
         from optuna.trial import TrialState
 
-        storage = self._study._storage
-        for trial in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        left = self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not left:
+            return
+        # fail_reason cannot be set on a trial of another process through Optuna's public API:
+        # the study remembers them, and records read them as interrupted
+        known = list(self._study.user_attrs.get(INTERRUPTED_ATTR, []))
+        self._study.set_user_attr(INTERRUPTED_ATTR, known + [t.number for t in left])
+        for trial in left:
+            self._study.tell(trial.number, state=TrialState.FAIL)
             self._requeue(trial)
             self.monitor.print(f"[yellow]trial {trial.number} was interrupted; re-queued")
+        self._log = TrialLog.load(self._study)
 
     # -- trials -------------------------------------------------------------------------------
     @_in_phase(ASK)
@@ -177,6 +188,7 @@ class StudyRunner:
         candidate = prepared.space.suggest(trial)
         trial.set_user_attr("candidate", candidate.to_dict())
         trial.set_user_attr("device_class", self.config.device.class_)
+        self._log.told(trial, "RUNNING")
         return _Pending(trial, candidate)
 
     def _build(self, pending: _Pending, prepared: Prepared) -> bool:
@@ -220,28 +232,29 @@ class StudyRunner:
         """Tell Optuna the twin's values for a repeated candidate (no build, no measurement)."""
         trial = pending.trial
         metrics = dict(twin.metrics)
-        self._set_constraints(trial, metrics)
+        constraints = self._set_constraints(trial, metrics)
         for key, value in (("metrics", metrics), ("reused_from", twin.number),
                            ("bundle", twin.bundle), ("bundle_digest", twin.bundle_digest),
                            ("agent_id", twin.agent_id), ("fingerprint", dict(twin.fingerprint))):
             trial.set_user_attr(key, value)
         self._study.tell(trial, objective_values(metrics))
+        self._log.told(trial, "COMPLETE", constraints)
         self.monitor.print(f"trial {trial.number:>3} {pending.candidate.describe():<44} "
                            f"repeats trial {twin.number}: measurement reused")
         self._refresh()
 
-    def _set_constraints(self, trial: Any, metrics: dict[str, float]) -> None:
+    def _set_constraints(self, trial: optuna.Trial, metrics: dict[str, float]
+                         ) -> dict[str, float]:
         """The accuracy band (and any latency/size limits) as Optuna constraints."""
         c = self.config.constraints
         assert self._baseline_accuracy is not None
-        for name, value in constraint_values(
-                metrics, baseline_accuracy=self._baseline_accuracy,
-                max_accuracy_drop=c.max_accuracy_drop, latency_p95_ms=c.latency_p95_ms,
-                size_kb=c.size_kb).items():
+        values = constraint_values(
+            metrics, baseline_accuracy=self._baseline_accuracy,
+            max_accuracy_drop=c.max_accuracy_drop, latency_p95_ms=c.latency_p95_ms,
+            size_kb=c.size_kb)
+        for name, value in values.items():
             trial.set_constraint(name, value)
-
-    def _told(self, pending: _Pending) -> TrialRecord:
-        return record_from_trial(self._study._storage.get_trial(pending.trial._trial_id))
+        return values
 
     @_in_phase(TELL)
     def _fail(self, pending: _Pending, reason: str) -> None:
@@ -249,7 +262,7 @@ class StudyRunner:
 
         pending.trial.set_user_attr("fail_reason", reason)
         self._study.tell(pending.trial, state=TrialState.FAIL)
-        record = self._told(pending)
+        record = self._log.told(pending.trial, "FAIL")
         self.monitor.trial_finished(record)
         self.monitor.print(f"[red]trial {record.number:>3} FAILED[/red] "
                            f"{pending.candidate.describe()}: {reason}")
@@ -261,6 +274,7 @@ class StudyRunner:
 
         pending.trial.set_user_attr("fail_reason", INTERRUPTED)
         self._study.tell(pending.trial, state=TrialState.FAIL)
+        self._log.told(pending.trial, "FAIL")
         self._requeue(pending.trial)
         self.monitor.print(f"[yellow]trial {pending.trial.number:>3} interrupted "
                            f"{pending.candidate.describe()}; it runs again on resume")
@@ -282,12 +296,12 @@ class StudyRunner:
         metrics = trial_metrics(measurement, pending.candidate, pending.built.info,
                                 self._baseline_accuracy)
         metrics["build_s"] = pending.built.build_seconds
-        self._set_constraints(pending.trial, metrics)
+        constraints = self._set_constraints(pending.trial, metrics)
         pending.trial.set_user_attr("metrics", metrics)
         pending.trial.set_user_attr("agent_id", done.agent_id or measurement.agent_id)
         pending.trial.set_user_attr("fingerprint", dict(measurement.fingerprint))
         self._study.tell(pending.trial, objective_values(metrics))
-        record = self._told(pending)
+        record = self._log.told(pending.trial, "COMPLETE", constraints)
         front = self.monitor.trial_finished(record)
         flag = "[green]feasible[/green]" if record.feasible else "[yellow]outside band[/yellow]"
         self.monitor.print(
@@ -310,7 +324,7 @@ class StudyRunner:
         self.monitor.show(self.records(), len(self._pending) + len(self._ready), note)
 
     def records(self) -> list[TrialRecord]:
-        return [record_from_trial(t) for t in self._study.get_trials(deepcopy=False)]
+        return self._log.records()
 
     def _finished(self) -> int:
         """Trials that count against the budget (interrupted ones are run again)."""
@@ -330,6 +344,7 @@ class StudyRunner:
     def _run_locked(self, options: RunOptions, lock: StudyLock) -> StudySummary:
         prepared = prepare(self.config, self.workspace.cache)
         self._study = self._open_study(options.trials)
+        self._log = TrialLog.load(self._study)
         self._study.set_user_attr("config", self.config.model_dump(mode="json", by_alias=True))
         self._study.set_user_attr("max_accuracy_drop", self.config.constraints.max_accuracy_drop)
         self._recover_interrupted()

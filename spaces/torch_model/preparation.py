@@ -104,7 +104,7 @@ def prepare_torch_builder(spec: TorchModelSpec, data: DataSplits, settings: Buil
         try:
             trained = retrofit_exits(trained, data, spec.exit_heads, cache_dir)
         except SplitError as exc:
-            raise SplitError(f"early_exit.after: {exc}") from exc
+            raise SplitError(exc.module, f"early_exit.after: {exc}") from exc
         log.info("exit heads after %s %s (validation accuracy per exit %s)",
                  ", ".join(spec.exit_heads.after),
                  "loaded from cache" if trained.from_cache else "trained",
