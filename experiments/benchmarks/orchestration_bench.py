@@ -3,8 +3,8 @@
 A real study (``paretoedge run``'s loop: Optuna, the builder, Ray agents on a local cluster,
 MLflow on sqlite) runs ``--trials`` trials of ``--config`` once per entry of ``--agents``, each
 in a fresh workdir (only the trained fp32 model is shared, so every run builds alike). The
-driver's phase clock (``search.study.phase_clock``) splits its wall time, from the agents being ready
-to the end, into building, waiting for agents, and orchestration (asking and telling Optuna,
+driver's phase clock (``search.study.phase_clock``) splits its wall time, from the agents being
+ready to the end, into building, waiting for agents, and orchestration (asking and telling Optuna,
 submitting to Ray, MLflow and the display); the agents report their whole time per request
 (``agent_s``) beside the timed measurement itself (``measure_s``).
 

@@ -59,7 +59,8 @@ def study_records(study: str, workdir: Path | str = "runs",
 def best(study: str, *, workdir: Path | str = "runs", where: str | None = None,
          maximize: str | None = None, minimize: str | None = None,
          device_class: str | None = None, source: Source = "optuna") -> BestTrial:
-    """The best feasible trial of a stored study under ``where`` (see :func:`search.results.query.best`).
+    """The best feasible trial of a stored study under ``where``
+    (see :func:`search.results.query.best`).
 
     Raises:
         QueryError: a bad expression or metric name.

@@ -4,7 +4,8 @@ Building trial k+1 overlaps measuring trial k. The fp32 baseline is trial 0 and 
 before anything else, since the accuracy band is defined by it. A candidate that fails to build
 or measure becomes a FAILED trial with its reason; the study goes on. The study stops asking
 for trials at the first budget reached (:mod:`search.study.budget`) or at Ctrl-C
-(:mod:`search.study.interrupts`); a resumed study re-runs what was in flight and finishes the budget.
+(:mod:`search.study.interrupts`); a resumed study re-runs what was in flight and finishes the
+budget.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Exit heads retrofitted onto a plain model after named modules, trained once and cached.
 
 ``early_exit.after: [layer1, layer2]`` cuts the user's trained model after those modules
-(:func:`spaces.torch_model.model_split.split_model`) and hangs a small classifier head (global pooling and
-a linear layer by default) after each cut. The heads are trained either on the frozen backbone
-(the default: the model's own predictions stay exactly what they were) or jointly with it, with
-a loss weight per exit. Training happens once per baseline: the result is cached under a key of
-the baseline's key and the head settings, and every candidate starts from it.
+(:func:`spaces.torch_model.model_split.split_model`) and hangs a small classifier head (global
+pooling and a linear layer by default) after each cut. The heads are trained either on the
+frozen backbone (the default: the model's own predictions stay exactly what they were) or
+jointly with it, with a loss weight per exit. Training happens once per baseline: the result
+is cached under a key of the baseline's key and the head settings, and every candidate starts
+from it.
 """
 
 from __future__ import annotations

@@ -76,8 +76,8 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
     :class:`TrainSettings` train for ``epochs`` with a one-cycle schedule (the fp32 model);
     :class:`FinetuneSettings` bring a budget in epochs or steps and a schedule (a finetune).
     With ``distill_features`` > 0 and ``teacher_channels`` (the channels each stage kept, see
-    :func:`spaces.torch_model.pruning.kept_stage_channels`), each stage's output also learns to reproduce
-    the teacher's at those channels; the teacher then runs alongside, batch by batch.
+    :func:`spaces.torch_model.pruning.kept_stage_channels`), each stage's output also learns to
+    reproduce the teacher's at those channels; the teacher then runs alongside, batch by batch.
     """
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
