@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +42,7 @@ AGENT_LOST = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "NodeD
 
 @dataclass
 class _Job:
-    key: Hashable
+    key: int
     request: MeasureRequest
     agent: KnownAgent | None
     ref: Any
@@ -56,12 +55,12 @@ def local_core_plan(cpu_count: int, agents: int) -> tuple[list[tuple[int, ...]],
     """Cores for each local agent (the last cores, one each) and for the builder (the rest).
 
     A measuring agent must not share its core with model building or another measurement
-    (FACTS.md); when there are too few cores the builder keeps core 0 and agents double up.
+    (docs/FACTS.md); when there are too few cores the builder keeps core 0 and agents double up.
     """
     if cpu_count <= 1:
         return [(0,)] * agents, (0,)
     usable = list(range(cpu_count - 1, 0, -1))
-    plan = [(usable[i % len(usable)],) for i in range(agents)]
+    plan: list[tuple[int, ...]] = [(usable[i % len(usable)],) for i in range(agents)]
     taken = {core for cores in plan for core in cores}
     builder = tuple(c for c in range(cpu_count) if c not in taken) or (0,)
     return plan, builder
@@ -244,7 +243,7 @@ class RayAgentPool:
     def in_flight(self) -> int:
         return len(self._busy) + len(self._queue)
 
-    def submit(self, key: Hashable, request: MeasureRequest, *, attempts: int = 1,
+    def submit(self, key: int, request: MeasureRequest, *, attempts: int = 1,
                tried: set[str] | None = None) -> None:
         free = self._free_agents()
         if not free:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,7 +12,7 @@ from device_agents import DeviceAgent, Measurement, MeasureRequest
 class Completed:
     """A finished dispatch: the measurement, or the reason it failed after all retries."""
 
-    key: Hashable
+    key: int
     measurement: Measurement | None
     error: str | None = None
     agent_id: str = ""
@@ -25,7 +24,7 @@ class Dispatcher(Protocol):
 
     def free_slots(self) -> int: ...
 
-    def submit(self, key: Hashable, request: MeasureRequest) -> None: ...
+    def submit(self, key: int, request: MeasureRequest) -> None: ...
 
     def poll(self, timeout: float) -> list[Completed]: ...
 
@@ -61,7 +60,7 @@ class InlineDispatcher:
     def share(self, payload: object) -> object:
         return payload
 
-    def submit(self, key: Hashable, request: MeasureRequest) -> None:
+    def submit(self, key: int, request: MeasureRequest) -> None:
         try:
             self._done.append(Completed(key, self.agent.measure(request)))
         except Exception as exc:  # the agent's failure is the trial's failure

@@ -12,7 +12,8 @@ from spaces import Candidate
 
 def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Mapping[str, Any],
                   baseline_accuracy: float | None) -> dict[str, float]:
-    """Every metric of a trial: measured ones, knobs and build facts (DESIGN.md names)."""
+    """Every metric of a trial: measured ones, knobs and build facts (the names of
+    docs/ARCHITECTURE.md)."""
     metrics = measurement.metrics()
     metrics["accuracy_drop"] = (baseline_accuracy - measurement.accuracy
                                 if baseline_accuracy is not None else 0.0)

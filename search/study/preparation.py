@@ -4,6 +4,7 @@ the :class:`spaces.Builder` seam: torch is imported only there), and the search 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,6 +107,11 @@ def exit_head_spec(config: StudyConfig) -> ExitHeadSpec:
                         seed=t.seed)
 
 
+def _check_quantization(config: StudyConfig, operators: Mapping[str, tuple[str, ...]]) -> None:
+    """Raise :class:`ConfigError` for precisions the groups' operators cannot run."""
+    quantization_space(config, operators)
+
+
 def torch_model_spec(config: StudyConfig) -> TorchModelSpec:
     """The config's ``model`` and the parts of ``early_exit`` and ``quantization`` that shape
     the torch model and its layer groups."""
@@ -129,7 +135,7 @@ def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
     try:
         builder: Builder = prepare_torch_builder(
             torch_model_spec(config), data, build_settings(config), cache_dir,
-            check_operators=lambda operators: quantization_space(config, operators))
+            check_operators=lambda operators: _check_quantization(config, operators))
     except SpaceError as exc:
         raise ConfigError(str(exc)) from exc
     return Prepared(data=data, builder=builder, space=search_space(config, builder))

@@ -109,8 +109,8 @@ def default_dispatcher(config: StudyConfig, workspace: Workspace) -> Dispatcher:
     from search.fleet.agent_pool import RayAgentPool
 
     d, m = config.device, config.measurement
-    common = {"timeout_s": m.timeout_s, "retries": m.retries,
-              "wait_for_agents_s": d.wait_for_agents_s}
+    common: dict[str, Any] = {"timeout_s": m.timeout_s, "retries": m.retries,
+                              "wait_for_agents_s": d.wait_for_agents_s}
     if d.address:  # agents of the class in a running cluster (paretoedge agent start)
         return RayAgentPool.connect(d.address, d.class_, threads=d.threads,
                                     discover_every_s=d.discover_every_s,
@@ -152,7 +152,7 @@ class StudyRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             study_name=self.config.study, storage=open_storage(self.workspace.journal),
-            directions=[direction for _, direction in OBJECTIVES],
+            directions=[optuna.study.StudyDirection[d.upper()] for _, d in OBJECTIVES],
             sampler=make_sampler(self.config.search.sampler, self.config.search.seed, trials),
             load_if_exists=True)
         with warnings.catch_warnings():

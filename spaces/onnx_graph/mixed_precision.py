@@ -72,8 +72,8 @@ def quantize_graph(source: Path, target: Path, *, precisions: Mapping[str, str],
                    for p in WEIGHT_ONLY_BITS}
     if "int8" in used:
         excluded = [n.name for n in model.graph.node
-                    if assignment.get(n.name) is not None
-                    and precisions.get(assignment[n.name], "fp32") != "int8"]
+                    if (group := assignment.get(n.name)) is not None
+                    and precisions.get(group, "fp32") != "int8"]
         with tempfile.TemporaryDirectory() as tmp:
             prepared = Path(tmp) / "prepared.onnx"
             onnx.save(model, str(prepared))

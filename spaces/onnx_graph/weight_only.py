@@ -4,7 +4,7 @@
 ``Gemm`` nodes the exporter writes for ``nn.Linear`` are first rewritten to ``MatMul + Add``.
 fp16 is a size option: the weights are stored as float16 and cast back to float32 when the
 session starts (onnxruntime folds the cast), so a group computes exactly as fp32 from half-size
-weights; on CPU, real fp16 kernels would be slower (FACTS.md).
+weights; on CPU, real fp16 kernels would be slower (docs/FACTS.md).
 
 All functions edit an ``onnx.ModelProto`` in place and take the names of the nodes to change.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,9 @@ def gemm_to_matmul(model, names: Collection[str]) -> list[str]:
     from onnx import helper, numpy_helper
 
     initializers = _initializers(model)
-    nodes, matmuls, replaced = [], [], set()
+    nodes: list[Any] = []
+    matmuls: list[str] = []
+    replaced: set[str] = set()
     for node in model.graph.node:
         if node.op_type != "Gemm" or node.name not in names:
             nodes.append(node)

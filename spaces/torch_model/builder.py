@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from device_agents.bundle import BundleManifest, ExitPolicy, InputSpec, StageSpec, write_bundle
+from spaces.builder import BuiltBundle
 from spaces.candidate import Candidate, stable_key
 from spaces.data import DataSplits
 from spaces.errors import BuildError
@@ -41,16 +41,6 @@ from spaces.torch_model.pruning_cache import PrunedCache
 from spaces.torch_model.staged_model import StagedModel
 from spaces.torch_model.temperature import fit_temperatures
 from spaces.torch_model.training import exit_logits, train_model
-
-
-@dataclass(frozen=True)
-class BuiltBundle:
-    """A bundle on disk, its digest, and what building it found out."""
-
-    directory: Path
-    digest: str
-    build_seconds: float
-    info: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

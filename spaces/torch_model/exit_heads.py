@@ -116,15 +116,17 @@ def pooled_features(model: StagedModel, x: torch.Tensor) -> list[torch.Tensor]:
         h = x[start:start + 512]
         for k in range(model.num_stages - 1):
             h = model.stages[k](h)
-            pooled[k].append(model.heads[k].pool(h))
+            head = model.heads[k]
+            assert isinstance(head, ExitHead)
+            pooled[k].append(head.pool(h))
     return [torch.cat(chunks) for chunks in pooled]
 
 
 def fit_heads_on_frozen_backbone(model: StagedModel, x: np.ndarray, y: np.ndarray,
                                  spec: ExitHeadSpec) -> StagedModel:
     """Train the exit heads' classifiers on pooled features of the frozen backbone."""
-    heads = [model.heads[k] for k in range(model.num_stages - 1)]
-    if not all(isinstance(h, ExitHead) for h in heads):
+    heads = [h for k in range(model.num_stages - 1) if isinstance(h := model.heads[k], ExitHead)]
+    if len(heads) != model.num_stages - 1:
         raise ModelError("exit heads: only retrofitted ExitHead heads train on a frozen "
                          "backbone")
     torch.manual_seed(spec.seed)

@@ -113,13 +113,14 @@ def _split_traced(model: nn.Module, after: Sequence[str]) -> list[nn.Module]:
                                     f"model's output, nothing would be left after the exit")
     body = [n for n in nodes if n.op not in ("placeholder", "output")]
     stages, source, start = [], inputs[0], 0
-    for cut in [*cuts, None]:
-        stop = len(nodes) - 1 if cut is None else cut + 1
+    ends: list[int | None] = [*cuts, None]
+    for last in ends:
+        stop = len(nodes) - 1 if last is None else last + 1
         chunk = [n for n in nodes[start:stop] if n in body]
-        end = result if cut is None else nodes[cut]
+        end = result if last is None else nodes[last]
         stages.append(_segment(traced, chunk, source, end))
-        if cut is not None:
-            source, start = nodes[cut], cut + 1
+        if last is not None:
+            source, start = nodes[last], last + 1
     return stages
 
 
@@ -133,7 +134,8 @@ def _split_children(model: nn.Module, after: Sequence[str], example: torch.Tenso
             raise SplitError(name, f"cannot split after {name!r}: torch.fx cannot trace the "
                                    f"model ({why}), and without it only direct children can be "
                                    f"split after ({', '.join(names)})")
-    stages, current = [], []
+    stages: list[nn.Module] = []
+    current: list[tuple[str, nn.Module]] = []
     for name, child in children:
         current.append((name, child))
         if name in after:
