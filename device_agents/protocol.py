@@ -102,7 +102,8 @@ class Measurement:
     agent_s: float = 0.0
 
     def metrics(self) -> dict[str, float]:
-        """The measurement as DESIGN.md metric names (only the ones that were measured)."""
+        """The measurement as docs/ARCHITECTURE.md metric names (only the ones that were
+        measured)."""
         out = {
             "accuracy": self.accuracy,
             "latency_mean_ms": self.latency.mean_ms,
