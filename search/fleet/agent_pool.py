@@ -290,8 +290,11 @@ class RayAgentPool:
             if self._queue:
                 time.sleep(min(timeout, 0.5))
             return done
-        jobs = list(self._busy.values())
-        ready, _ = ray.wait([job.ref for job in jobs], num_returns=1, timeout=timeout)
+        refs = [job.ref for job in self._busy.values()]
+        ready, waiting = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready and waiting:  # every result that is ready now, before any job is judged hung
+            more, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+            ready = [*ready, *more]
         for ref in ready:
             job = self._busy.pop(ref.hex(), None)
             if job is None:

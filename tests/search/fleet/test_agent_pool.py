@@ -152,3 +152,27 @@ def test_a_local_pool_stops_the_cluster_it_started_so_the_next_study_gets_its_ag
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["agents", "1", "cluster", "up", "False",
                                    "agents", "2", "cluster", "up", "False"]
+
+
+def test_results_that_finished_during_a_long_build_are_all_kept(
+        ray_cluster, tmp_path, eval_payload, matmul_bundle) -> None:
+    """Two agents finish while the driver is busy for longer than the timeout (a long build):
+    both measurements are collected, and neither agent is judged hung."""
+    payload = matmul_bundle(tmp_path / "b")
+    pool = RayAgentPool.start_local("local", 2, cache_dir=str(tmp_path / "agents"),
+                                    timeout_s=4.0)
+    try:
+        ref = pool.share(eval_payload)
+        protocol = MeasurementProtocol(warmup_runs=5, warmup_seconds=0, min_runs=20,
+                                       max_runs=100, round_runs=10)
+        agents = {a["agent_id"] for a in pool.agents}
+        pool.submit(1, request(payload, eval_payload, ref, protocol, 1))
+        pool.submit(2, request(payload, eval_payload, ref, protocol, 2))
+        time.sleep(8.0)  # the driver builds the next candidate; both measurements finish
+        done = pool.poll(timeout=1.0)
+        assert sorted(c.key for c in done) == [1, 2]
+        assert all(c.measurement is not None and c.error is None for c in done)
+        assert all(c.attempts == 1 for c in done)
+        assert {a["agent_id"] for a in pool.agents} == agents  # nobody was removed
+    finally:
+        pool.close()
