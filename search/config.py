@@ -273,6 +273,10 @@ class MeasurementConfig(_Strict):
     ci_rel_width: float = Field(0.02, gt=0, lt=1)
     timeout_s: float = Field(300.0, gt=0)
     retries: int = Field(2, ge=0, le=10)
+    #: below this CPU share of the measuring process the measurement was contended
+    min_cpu_share: float = Field(0.9, ge=0, le=1)
+    contention_retries: int = Field(2, ge=0, le=10)
+    contention_pause_s: float = Field(1.0, ge=0)
 
     @model_validator(mode="after")
     def _runs_order(self) -> MeasurementConfig:

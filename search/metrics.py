@@ -18,6 +18,8 @@ _KNOBS_AND_FACTS: tuple[MetricName, ...] = (
     MetricName("params_k", "min", "k", "parameters"),
     MetricName("fused_int_ops_ratio", "", "", "quantized compute ops fused into integer kernels"),
     MetricName("integer_ops", "", "ops", "integer kernels in the optimized graphs"),
+    MetricName("contended", "", "", "1 when the agent's core was shared after every retry"),
+    MetricName("contention_retries", "", "", "measurements repeated for contention"),
     MetricName("build_s", "", "s", "time to build the bundle"),
     MetricName("measure_s", "", "s", "time the measurement took"),
     MetricName("agent_s", "", "s", "the agent's whole time for the request"),

@@ -42,6 +42,16 @@ class TrialRecord:
         return self.state == "COMPLETE"
 
     @property
+    def contended(self) -> bool:
+        """Measured while something else ran on the agent's core, after every retry: kept and
+        logged, but left out of the front, the hypervolume and queries unless asked."""
+        return self.metrics.get("contended", 0.0) > 0
+
+    def ranked(self, *, include_contended: bool = False) -> bool:
+        """Completed, feasible and (unless ``include_contended``) measured uncontended."""
+        return self.complete and self.feasible and (include_contended or not self.contended)
+
+    @property
     def interrupted(self) -> bool:
         """Failed because the driver stopped: re-run on resume, not counted in the budget."""
         return self.state == "FAIL" and self.fail_reason == INTERRUPTED

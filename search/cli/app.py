@@ -22,6 +22,9 @@ _state = {"debug": False}
 
 WorkdirOption = Annotated[Path, typer.Option("--workdir", help="Where studies, bundles and "
                                                                 "mlflow.db live.")]
+IncludeContendedOption = Annotated[bool, typer.Option(
+    "--include-contended", help="Also rank trials whose measurement stayed contended (cpu share "
+                                "below measurement.min_cpu_share after every retry).")]
 
 
 class Format(StrEnum):
@@ -195,14 +198,16 @@ def ui(workdir: WorkdirOption = Path("runs"),
 @_guard
 def front(study: Annotated[str, typer.Argument(help="Study name.")],
           workdir: WorkdirOption = Path("runs"),
-          format: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+          format: Annotated[Format, typer.Option("--format")] = Format.table,
+          include_contended: IncludeContendedOption = False) -> None:
     """Print the feasible Pareto front of a study with every metric."""
     from search.results.front_table import front_table, records_csv, records_json
     from search.results.pareto import ParetoFront
     from search.workspace import Workspace, load_records
 
     records, attrs = load_records(Workspace(workdir.resolve(), study))
-    result = ParetoFront.from_records(records, float(attrs.get("max_accuracy_drop", 0.01)))
+    result = ParetoFront.from_records(records, float(attrs.get("max_accuracy_drop", 0.01)),
+                                      include_contended=include_contended)
     members = list(result.members)
     if format is Format.json:
         sys.stdout.write(records_json(members) + "\n")
@@ -226,7 +231,8 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
          format: Annotated[Format, typer.Option("--format")] = Format.table,
          source: Annotated[Source, typer.Option(
              "--source", help="Read the trials from the Optuna journal or from MLflow (the "
-                              "same answer).")] = Source.optuna) -> None:
+                              "same answer).")] = Source.optuna,
+         include_contended: IncludeContendedOption = False) -> None:
     """The best feasible trial under a constraint, and its bundle.
 
     Ties on the objective go to lower p95 latency, then smaller size, then higher accuracy,
@@ -236,7 +242,8 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
     from search.results.front_table import front_table
 
     answer = best_in_study(study, workdir=workdir, where=where, maximize=maximize,
-                           minimize=minimize, device_class=device, source=source.value)
+                           minimize=minimize, device_class=device, source=source.value,
+                           include_contended=include_contended)
     chosen, bundle, baseline = answer.record, answer.bundle_path, answer.baseline
     exported = answer.export(export) if export and bundle else None
     if format is Format.json:

@@ -58,7 +58,8 @@ def study_records(study: str, workdir: Path | str = "runs",
 
 def best(study: str, *, workdir: Path | str = "runs", where: str | None = None,
          maximize: str | None = None, minimize: str | None = None,
-         device_class: str | None = None, source: Source = "optuna") -> BestTrial:
+         device_class: str | None = None, source: Source = "optuna",
+         include_contended: bool = False) -> BestTrial:
     """The best feasible trial of a stored study under ``where``
     (see :func:`search.results.query.best`).
 
@@ -76,6 +77,7 @@ def best(study: str, *, workdir: Path | str = "runs", where: str | None = None,
             check_metric(name, "--maximize" if name == maximize else "--minimize")
     records, _ = study_records(study, workdir, source)
     chosen = best_of(records, where=where, maximize=maximize, minimize=minimize,
+                     include_contended=include_contended,
                      device_class=device_class)
     baseline = next((r for r in records if r.baseline and r.complete), None)
     return BestTrial(study, chosen, chosen.bundle_path(Path(workdir).resolve()), baseline)

@@ -49,10 +49,12 @@ class ParetoFront:
     max_accuracy_drop: float
 
     @classmethod
-    def from_records(cls, records: Sequence[TrialRecord],
-                     max_accuracy_drop: float = 0.01) -> ParetoFront:
-        # a reused trial repeats an earlier one's measurement: the original stands for both
-        feasible = [r for r in records if r.complete and r.feasible and not r.reused]
+    def from_records(cls, records: Sequence[TrialRecord], max_accuracy_drop: float = 0.01, *,
+                     include_contended: bool = False) -> ParetoFront:
+        # a reused trial repeats an earlier one's measurement: the original stands for both;
+        # a contended measurement describes the contention, not the bundle
+        feasible = [r for r in records
+                    if r.ranked(include_contended=include_contended) and not r.reused]
         members = sorted(non_dominated(feasible), key=lambda r: r.metrics["latency_p95_ms"])
         baseline = next((r for r in records if r.baseline and r.complete), None)
         return cls(tuple(members), baseline, max_accuracy_drop)
@@ -135,7 +137,7 @@ class HypervolumeHistory:
         """Account for one finished trial (complete or failed) and return the new point."""
         if record.baseline and record.complete and self._baseline is None:
             self._baseline = record
-        if record.complete and record.feasible:
+        if record.ranked():
             self._front = non_dominated([*self._front, record])
         front = self.front
         point = HypervolumePoint(len(self.points) + 1, record.number, front.hypervolume(),

@@ -60,7 +60,8 @@ def tie_break_key(record: TrialRecord) -> tuple[float, ...]:
 
 def best(records: Sequence[TrialRecord], *, where: str | None = None,
          maximize: str | None = None, minimize: str | None = None,
-         device_class: str | None = None, feasible_only: bool = True) -> TrialRecord:
+         device_class: str | None = None, feasible_only: bool = True,
+         include_contended: bool = False) -> TrialRecord:
     """The feasible completed trial that satisfies ``where`` and is best for the objective.
 
     Exactly one of ``maximize`` and ``minimize`` names the metric to optimise. Ties are broken by
@@ -73,6 +74,7 @@ def best(records: Sequence[TrialRecord], *, where: str | None = None,
     check_metric(metric, "--maximize" if maximize else "--minimize")
     conditions = parse_where(where)
     pool = [r for r in records if r.complete and (r.feasible or not feasible_only)
+            and (include_contended or not r.contended)
             and (device_class is None or r.device_class == device_class)
             and metric in r.metrics and all(c.holds(r) for c in conditions)]
     if not pool:

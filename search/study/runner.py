@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 
-from device_agents import EvalSetPayload, MeasurementProtocol, MeasureRequest
+from device_agents import EvalSetPayload, Measurement, MeasurementProtocol, MeasureRequest
 from device_agents.bundle import BundlePayload
 from search.config import StudyConfig
 from search.errors import SearchError
@@ -92,6 +92,8 @@ class _Pending:
     candidate: Candidate
     built: BuiltBundle | None = None
     started: float = field(default_factory=time.perf_counter)
+    #: measurements of this trial repeated because the agent's core was shared
+    contention_retries: int = 0
 
 
 def _in_phase(phase: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -290,6 +292,8 @@ class StudyRunner:
             return
         assert pending.built is not None
         measurement = done.measurement
+        if self._measure_again(pending, measurement):
+            return
         if pending.trial.user_attrs.get("baseline"):
             self._baseline_accuracy = measurement.accuracy
             self._study.set_user_attr("baseline_accuracy", measurement.accuracy)
@@ -297,6 +301,8 @@ class StudyRunner:
         metrics = trial_metrics(measurement, pending.candidate, pending.built.info,
                                 self._baseline_accuracy)
         metrics["build_s"] = pending.built.build_seconds
+        metrics["contended"] = float(self._contended(measurement))
+        metrics["contention_retries"] = float(pending.contention_retries)
         constraints = self._set_constraints(pending.trial, metrics)
         pending.trial.set_user_attr("metrics", metrics)
         pending.trial.set_user_attr("agent_id", done.agent_id or measurement.agent_id)
@@ -305,11 +311,33 @@ class StudyRunner:
         record = self._log.told(pending.trial, "COMPLETE", constraints)
         front = self.monitor.trial_finished(record)
         flag = "[green]feasible[/green]" if record.feasible else "[yellow]outside band[/yellow]"
+        if record.contended:
+            flag += (f" [red]contended[/red] (cpu share {metrics['latency_cpu_share']:.2f} after "
+                     f"{pending.contention_retries} retries; not ranked)")
         self.monitor.print(
             f"trial {record.number:>3} {candidate_label(dict(record.candidate)):<44} "
             f"acc {metrics['accuracy']:.4f}  p95 {metrics['latency_p95_ms']:.4f} ms  "
             f"size {metrics['size_kb']:7.1f} KB  {flag}" + (" [bold]front[/bold]" if front else ""))
         self._refresh()
+
+    def _contended(self, measurement: Measurement) -> bool:
+        share = measurement.latency.cpu_share
+        return share is not None and share < self.config.measurement.min_cpu_share
+
+    def _measure_again(self, pending: _Pending, measurement: Measurement) -> bool:
+        """A contended measurement (something else ran on the agent's core) goes back to the
+        agents after a pause, up to ``measurement.contention_retries`` times."""
+        m = self.config.measurement
+        if not self._contended(measurement) or pending.contention_retries >= m.contention_retries:
+            return False
+        pending.contention_retries += 1
+        self.monitor.print(f"[yellow]trial {pending.trial.number:>3} cpu share "
+                           f"{measurement.latency.cpu_share:.2f} < {m.min_cpu_share:g}: "
+                           f"measuring again ({pending.contention_retries}/"
+                           f"{m.contention_retries})")
+        time.sleep(m.contention_pause_s)
+        self._ready.insert(0, pending)
+        return True
 
     @_in_phase(TRACK)
     def _refresh(self, note: str = "") -> None:
@@ -406,7 +434,8 @@ class StudyRunner:
         if not self._build(pending, prepared):
             raise SearchError("the fp32 baseline could not be built (see the trial above)")
         self._submit(dispatcher, pending, eval_digest, eval_ref)
-        while pending.trial.number in self._pending:
+        while pending.trial.number in self._pending or pending in self._ready:
+            self._dispatch_ready(dispatcher, eval_digest, eval_ref)
             self._collect(dispatcher, timeout=1.0)
         if self._stop.requested and self._baseline_accuracy is None:
             raise KeyboardInterrupt

@@ -230,6 +230,7 @@ class MlflowStore:
                 ROLE_TAG: "trial", TRIAL_TAG: str(record.number),
                 "baseline": str(record.baseline).lower(),
                 "feasible": str(record.feasible).lower(), "pareto": "false",
+                "contended": str(record.contended).lower(),
                 "state": record.state}
         for name in ("fail_reason", "bundle", "bundle_digest", "device_class", "agent_id",
                      "reused_from"):
