@@ -22,7 +22,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/paretoedge run experiments/digits.yaml --trials $(TRIALS)
 
+# The type checker first (packages and strictness: [tool.mypy] in pyproject.toml), then the tests.
 test: $(STAMP)
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 
 # The reference benchmark's data: Debian's package (needs root, or run the apt-get line as root).

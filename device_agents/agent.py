@@ -11,17 +11,22 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
 
-from device_agents.bundle import BundlePayload
 from device_agents.errors import EvalSetError, MeasurementError
 from device_agents.eval_set import EvalSet, EvalSetPayload
 from device_agents.measure import device_fingerprint, measure_bundle
+from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers
 from device_agents.protocol import Measurement, MeasureRequest
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -31,13 +36,14 @@ class DeviceAgent(Protocol):
     def measure(self, request: MeasureRequest) -> Measurement: ...
 
 
-def _resolve(value: Any) -> Any:
-    """A payload, or a Ray object reference to one (resolved only when needed)."""
+def _resolve(value: T | ObjectRef[T]) -> T:
+    """A payload, or a Ray object reference to one (resolved only when needed: ray is imported
+    only when a reference arrives)."""
     if type(value).__name__ == "ObjectRef":
         import ray
 
-        return ray.get(value)
-    return value
+        return ray.get(cast("ObjectRef[T]", value))
+    return cast(T, value)
 
 
 class LocalDeviceAgent:
@@ -58,11 +64,11 @@ class LocalDeviceAgent:
 
     def __init__(self, *, device_class: str, threads: int = 1,
                  cores: tuple[int, ...] | None = None, cache_dir: Path | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 providers: Sequence[ProviderLike] = (CPU_PROVIDER,),
                  agent_id: str | None = None, isolate: bool = True) -> None:
         self.device_class = device_class
         self.threads = threads
-        self.providers = providers
+        self.providers = as_providers(providers)
         self.isolate = isolate
         self._spare: subprocess.Popen[str] | None = None
         self._spawner: ThreadPoolExecutor | None = None
@@ -87,11 +93,12 @@ class LocalDeviceAgent:
         self.started = time.time()
         self.last_heartbeat = self.started
 
-    def eval_set_path(self, digest: str, payload: EvalSetPayload | Any) -> Path:
+    def eval_set_path(self, digest: str,
+                      payload: EvalSetPayload | ObjectRef[EvalSetPayload]) -> Path:
         """The eval set's file in the cache, written the first time its digest is seen."""
         path = self.cache_dir / "eval_sets" / f"{digest}.npz"
         if not path.is_file():
-            loaded: EvalSetPayload = _resolve(payload)
+            loaded = _resolve(payload)
             self.eval_set_fetches += 1
             if loaded.digest != digest:
                 raise EvalSetError(f"eval set: payload digest {loaded.digest[:12]} does not "
@@ -103,7 +110,8 @@ class LocalDeviceAgent:
             tmp.rename(path)
         return path
 
-    def eval_set(self, digest: str, payload: EvalSetPayload | Any) -> EvalSet:
+    def eval_set(self, digest: str,
+                 payload: EvalSetPayload | ObjectRef[EvalSetPayload]) -> EvalSet:
         if digest not in self._eval_sets:
             path = self.eval_set_path(digest, payload)
             self._eval_sets[digest] = EvalSet.from_bytes(path.read_bytes())
@@ -113,7 +121,7 @@ class LocalDeviceAgent:
         """The request's bundle in the cache, materialised and verified on first sight."""
         directory = self.cache_dir / "bundles" / request.bundle_digest
         if not (directory / "manifest.json").is_file():
-            payload: BundlePayload = _resolve(request.bundle)
+            payload = _resolve(request.bundle)
             self.bundle_fetches += 1
             if payload.digest != request.bundle_digest:
                 raise MeasurementError("bundle payload digest does not match the request")
@@ -147,7 +155,7 @@ class LocalDeviceAgent:
             job.write_text(json.dumps({
                 "directory": str(directory), "eval_set": str(eval_path),
                 "protocol": request.protocol.to_dict(), "digest": request.bundle_digest,
-                "providers": list(self.providers), "agent_id": self.agent_id,
+                "providers": [p.spec for p in self.providers], "agent_id": self.agent_id,
                 "cores": list(self.cores), "parent_pid": os.getpid()}))
             child = self._take_spare()
             if self._spare_cores:  # the next one starts up on other cores while this one times
@@ -165,7 +173,11 @@ class LocalDeviceAgent:
                 if child.returncode < 0:
                     why = f"killed by signal {-child.returncode} (a crash, or out of memory)"
                 raise MeasurementError(f"measuring process failed: {why}")
-            return pickle.loads(result.read_bytes())
+            measurement = pickle.loads(result.read_bytes())
+            if not isinstance(measurement, Measurement):
+                raise MeasurementError(f"measuring process wrote a {type(measurement).__name__}, "
+                                       f"not a Measurement")
+            return measurement
 
     def _spawn_child(self) -> subprocess.Popen[str]:
         """Start a measuring process from the agent's spawner thread.
@@ -215,7 +227,8 @@ class LocalDeviceAgent:
         return {"agent_id": self.agent_id, "device_class": self.device_class,
                 "host": fingerprint["host"], "machine": fingerprint["machine"],
                 "cores": list(self.cores), "cpu": fingerprint["cpu"],
-                "onnxruntime": fingerprint["onnxruntime"], "providers": list(self.providers),
+                "onnxruntime": fingerprint["onnxruntime"],
+                "providers": [p.spec for p in self.providers],
                 "available_providers": list(ort.get_available_providers()),
                 "threads": self.threads, "measurements": self.measurements,
                 "busy": self._lock.locked(), "eval_set_fetches": self.eval_set_fetches,

@@ -1,8 +1,9 @@
-"""Joining a device to a study's cluster, and listing the agents there.
+"""Joining a device to a study's cluster, and listing the agents there: the agent command line.
 
-``paretoedge agent start`` and ``paretoedge agents`` call :class:`AgentSupervisor` and
-:func:`list_agents`. A board that has only the agent's dependencies (numpy, onnxruntime, ray)
-runs the same code without the ``paretoedge`` command::
+The commands are defined here, once (typer, in the base install): a board that has only the
+agent's dependencies (numpy, onnxruntime, ray, typer, rich) runs them without the
+``paretoedge`` command, and ``paretoedge agent start|list`` and ``paretoedge agents`` mount the
+same commands (:mod:`search.cli.agent_commands`)::
 
     python -m device_agents.agent_cli start --address HEAD:6379 --device rpi4
     python -m device_agents.agent_cli list
@@ -16,7 +17,6 @@ node. The study finds the agents by name (:mod:`device_agents.registry`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -30,8 +30,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+import typer.main
 
 from device_agents.agent_node import (
     RayNodeProcess,
@@ -42,11 +46,14 @@ from device_agents.agent_node import (
     ray_start_command,
 )
 from device_agents.errors import AgentStartError, DeviceAgentError
+from device_agents.profiles import CPU_PROVIDER, Provider, parse_providers
 from device_agents.registry import (
     AGENT_NAMESPACE,
     NODE_LABEL,
+    AgentHandle,
     AgentName,
     agent_rows,
+    kill_agent,
     node_with_label,
 )
 
@@ -65,7 +72,7 @@ class AgentStartOptions:
     cores: tuple[int, ...] | None = None
     agents: int = 1
     cache_dir: Path | None = None
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    providers: tuple[Provider, ...] = (Provider(CPU_PROVIDER),)
     token_file: Path | None = None
     ray_args: tuple[str, ...] = ()
     object_store_mb: int = 200
@@ -84,7 +91,7 @@ class AgentStartOptions:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-        missing = [p for p in self.providers if p not in available]
+        missing = [p.name for p in self.providers if p.name not in available]
         if missing:
             raise AgentStartError(f"--providers: {', '.join(missing)} not available in this "
                                   f"onnxruntime (it has {', '.join(available)})")
@@ -124,8 +131,15 @@ class _Slot:
     index: int
     cores: tuple[int, ...]
     name: AgentName
-    handle: Any = None
+    handle: AgentHandle | None = None
     generation: int = 0
+
+    @property
+    def agent(self) -> AgentHandle:
+        """The handle of the slot's agent (created by :meth:`AgentSupervisor._create`)."""
+        if self.handle is None:
+            raise AgentStartError(f"agent {self.name} was not created")
+        return self.handle
 
 
 @dataclass
@@ -201,7 +215,7 @@ class AgentSupervisor:
     def _wait_ready(self, slots: Sequence[_Slot], timeout: float) -> None:
         import ray
 
-        refs = [slot.handle.ping.remote() for slot in slots]
+        refs = [slot.agent.ping.remote() for slot in slots]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(ready) < len(refs):
             raise AgentStartError(f"{len(refs) - len(ready)} agent(s) did not start on this "
@@ -212,7 +226,7 @@ class AgentSupervisor:
     def _describe(self, slot: _Slot) -> str:
         import ray
 
-        info = ray.get(slot.handle.info.remote(), timeout=30)
+        info = ray.get(slot.agent.info.remote(), timeout=30)
         return (f"agent {slot.name}: host {info['host']}, cores {info['cores']}, threads "
                 f"{info['threads']}, onnxruntime {info['onnxruntime']} "
                 f"{info['providers']}, cpu {info['cpu']}")
@@ -229,7 +243,7 @@ class AgentSupervisor:
                 return 1
             for slot in self.slots:
                 try:
-                    ray.get(slot.handle.ping.remote(), timeout=60)
+                    ray.get(slot.agent.ping.remote(), timeout=60)
                 except GetTimeoutError:
                     self.say(f"agent {slot.name} is not answering")
                 except Exception as exc:
@@ -253,7 +267,7 @@ class AgentSupervisor:
             for slot in self.slots:
                 if slot.handle is not None:
                     with contextlib.suppress(Exception):
-                        ray.kill(slot.handle, no_restart=True)
+                        kill_agent(slot.handle)
             if ray.is_initialized():
                 ray.shutdown()
         finally:
@@ -285,85 +299,146 @@ def list_agents(address: str | None = None, device_class: str | None = None,
     return agent_rows(device_class, timeout=timeout)
 
 
-#: Columns of the agents table: (heading, row key or function of the row).
+#: Columns of the agents table: (heading, function of the row).
 COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
-    ("class", lambda r: r["device_class"]),
+    ("class", lambda r: str(r["device_class"])),
     ("agent", lambda r: str(r.get("agent_id", r["name"]))),
     ("host", lambda r: str(r.get("host", "?"))),
     ("cores", lambda r: ",".join(map(str, r.get("cores", []))) +
      ("" if r.get("pinned") else " (not pinned)") if "cores" in r else "?"),
     ("threads", lambda r: str(r.get("threads", "?"))),
     ("onnxruntime", lambda r: str(r.get("onnxruntime", "?"))),
-    ("providers", lambda r: ",".join(p.removesuffix("ExecutionProvider")
+    ("providers", lambda r: ",".join(str(p).replace("ExecutionProvider", "", 1)
                                      for p in r.get("providers", []))),
-    ("status", lambda r: r["status"]),
+    ("status", lambda r: str(r["status"])),
     ("measured", lambda r: str(r.get("measurements", "?"))),
     ("last heartbeat", lambda r: str(r.get("heartbeat", "?"))),
 ]
 
 
-def _print_rows(rows: list[dict[str, Any]]) -> None:
-    table = [[h for h, _ in COLUMNS]] + [[f(r) for _, f in COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    for line in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m device_agents.agent_cli",
-                                     description="Join this device to a paretoedge study's Ray "
-                                                 "cluster, or list the agents there.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    start = sub.add_parser("start", help="join the cluster and serve measurements")
-    start.add_argument("--address", required=True, help="HOST:PORT of the Ray head")
-    start.add_argument("--device", required=True, help="device class, e.g. rpi4")
-    start.add_argument("--threads", type=int, default=1, help="onnxruntime threads per agent")
-    start.add_argument("--cores", help="cores to pin the agents to, e.g. 2,3 or 2-3")
-    start.add_argument("--agents", type=int, default=1, help="agents on this machine")
-    start.add_argument("--cache-dir", type=Path, help="bundle and eval-set cache")
-    start.add_argument("--providers", default="CPUExecutionProvider",
-                       help="onnxruntime providers, comma-separated")
-    start.add_argument("--token-file", type=Path, help="the cluster's Ray auth token file")
-    start.add_argument("--ray-arg", action="append", default=[],
-                       help="extra argument for `ray start` (repeatable)")
-    listing = sub.add_parser("list", help="list the agents in the cluster")
-    listing.add_argument("--address", help="HOST:PORT of the Ray head (default: this machine's)")
-    listing.add_argument("--device", help="only this device class")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    return parser
-
-
 def options_from(address: str, device: str, threads: int = 1, cores: str | None = None,
                  agents: int = 1, cache_dir: Path | None = None,
-                 providers: str = "CPUExecutionProvider", token_file: Path | None = None,
+                 providers: str = CPU_PROVIDER, token_file: Path | None = None,
                  ray_args: Sequence[str] = ()) -> AgentStartOptions:
     """:class:`AgentStartOptions` from command-line values (checked on start)."""
+    try:
+        parsed = parse_providers(providers)
+    except ValueError as exc:
+        raise AgentStartError(f"--providers: {exc}") from None
     return AgentStartOptions(address=address, device_class=device, threads=threads,
                              cores=parse_cores(cores), agents=agents, cache_dir=cache_dir,
-                             providers=tuple(p.strip() for p in providers.split(",")
-                                             if p.strip()),
-                             token_file=token_file, ray_args=tuple(ray_args))
+                             providers=parsed, token_file=token_file, ray_args=tuple(ray_args))
+
+
+# -- the command line: `python -m device_agents.agent_cli start|list`, mounted in `paretoedge` as
+# `paretoedge agent start|list` and `paretoedge agents` (search/cli/agent_commands.py) -----------
+PROG = "python -m device_agents.agent_cli"
+APP_HELP = "Run device agents on this machine for a study's Ray cluster."
+
+
+class ListFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def start_command(
+        address: Annotated[str, typer.Option("--address", help="HOST:PORT of the Ray head "
+                                                               "the study uses.")],
+        device: Annotated[str, typer.Option("--device", help="Device class of this machine, "
+                                                             "as in the config's device.class.")],
+        threads: Annotated[int, typer.Option(help="onnxruntime threads per agent.", min=1)] = 1,
+        cores: Annotated[str | None, typer.Option(help="Cores to pin the agents to (2,3 or "
+                                                       "2-3); default: the last free ones.")
+                         ] = None,
+        agents: Annotated[int, typer.Option(help="Agents on this machine, measuring in "
+                                                 "parallel on cores of their own.", min=1)] = 1,
+        cache_dir: Annotated[Path | None, typer.Option(help="Bundle and eval-set cache.")
+                             ] = None,
+        providers: Annotated[str, typer.Option(
+            help="onnxruntime execution providers in order of preference, comma-separated; "
+                 "each NAME or NAME:key=value;key=value (e.g. "
+                 "CUDAExecutionProvider:device_id=0).")] = CPU_PROVIDER,
+        token_file: Annotated[Path | None, typer.Option(help="The cluster's Ray auth token "
+                                                             "(default: RAY_AUTH_TOKEN or "
+                                                             "~/.ray/auth_token).")] = None,
+        ray_arg: Annotated[list[str] | None, typer.Option(help="Extra argument for `ray "
+                                                               "start` (repeatable).")] = None,
+) -> None:
+    """Join this machine to a study's Ray cluster as agents of a device class.
+
+    Starts a Ray node with the class's resource and label, creates the agents on it, keeps
+    them alive, and removes them and the node on Ctrl-C.
+    """
+    code = run_agent(options_from(address, device, threads, cores, agents, cache_dir, providers,
+                                  token_file, ray_arg or ()),
+                     say=lambda line: print(line, flush=True))
+    raise typer.Exit(code)
+
+
+def list_command(
+        address: Annotated[str | None, typer.Option(
+            "--address", help="HOST:PORT of the Ray head (default: RAY_ADDRESS, or the cluster "
+                              "running on this machine).")] = None,
+        device: Annotated[str | None, typer.Option("--device", help="Only this class.")] = None,
+        output: Annotated[ListFormat, typer.Option("--format", help="A table, or JSON.")
+                          ] = ListFormat.table,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON (as --format "
+                                                             "json).")] = False,
+) -> None:
+    """List the agents connected to the cluster: class, host, cores, onnxruntime, heartbeat."""
+    rows = list_agents(address, device)
+    if as_json or output is ListFormat.json:
+        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True, default=str) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if not rows:
+        console.print("no agents in the cluster" + (f" of class {device!r}" if device else ""))
+        return
+    table = Table(title=f"{len(rows)} agent(s)")
+    for heading, _ in COLUMNS:
+        table.add_column(heading)
+    for row in rows:
+        table.add_row(*[cell(row) for _, cell in COLUMNS])
+    console.print(table)
+
+
+Command = Callable[..., None]
+
+
+def build_app(wrap: Callable[[Command], Command] | None = None) -> typer.Typer:
+    """The ``start`` and ``list`` commands as a typer app; ``wrap`` decorates each command
+    (``paretoedge`` passes its error handler)."""
+    app = typer.Typer(no_args_is_help=True, add_completion=False, help=APP_HELP)
+    for name, command in (("start", start_command), ("list", list_command)):
+        app.command(name)(wrap(command) if wrap is not None else command)
+    return app
+
+
+agent_app = build_app()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``python -m device_agents.agent_cli``: the exit status. A bad option, or a start that
+    fails, is one line ``error: ...`` on stderr (naming the option) and status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(agent_app)
     try:
-        if args.command == "start":
-            return run_agent(options_from(args.address, args.device, args.threads, args.cores,
-                                          args.agents, args.cache_dir, args.providers,
-                                          args.token_file, args.ray_arg),
-                             say=lambda line: print(line, flush=True))
-        rows = list_agents(args.address, args.device)
-        if args.json:
-            print(json.dumps(rows, indent=2, sort_keys=True, default=str))
-        elif rows:
-            _print_rows(rows)
-        else:
-            print("no agents in the cluster")
-        return 0
+        if not args:  # the help, as for a missing command
+            command.main(args=["--help"], prog_name=PROG, standalone_mode=False)
+            return 2
+        result = command.main(args=args, prog_name=PROG, standalone_mode=False)
     except DeviceAgentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except typer.TyperException as exc:  # a usage error: a missing, unknown or bad option
+        print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Abort:
+        return 130
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

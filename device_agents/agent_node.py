@@ -130,7 +130,7 @@ def enable_token_auth(token_file: Path | None = None) -> str | None:
     if source is not None and "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
         try:  # a process that already loaded Ray's config must read it again (as Ray does)
-            from ray._raylet import Config
+            from ray._raylet import Config  # type: ignore[attr-defined]  # not in Ray's stub
 
             Config.initialize("")
         except Exception:

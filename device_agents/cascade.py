@@ -11,6 +11,7 @@ import numpy as np
 from device_agents.bundle import BundleManifest, verify_bundle
 from device_agents.calibration import expected_calibration_error
 from device_agents.errors import BundleError
+from device_agents.profiles import CPU_PROVIDER, ProviderLike, session_providers
 
 
 def confidence(probabilities: np.ndarray, measure: str) -> float:
@@ -29,7 +30,8 @@ def confidence(probabilities: np.ndarray, measure: str) -> float:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max()
     exp = np.exp(shifted)
-    return exp / exp.sum()
+    probabilities: np.ndarray = exp / exp.sum()
+    return probabilities
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class CascadeEvaluation:
 
     @property
     def correct(self) -> np.ndarray:
-        return self.labels == self.targets
+        correct: np.ndarray = self.labels == self.targets
+        return correct
 
     @property
     def accuracy(self) -> float:
@@ -101,7 +104,7 @@ class CascadeRunner:
     """
 
     def __init__(self, directory: Path | str, manifest: BundleManifest, *, threads: int = 1,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+                 providers: Sequence[ProviderLike] = (CPU_PROVIDER,)) -> None:
         import onnxruntime as ort
 
         self.directory = Path(directory)
@@ -113,7 +116,7 @@ class CascadeRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._sessions = [
             ort.InferenceSession(str(self.directory / stage.file), options,
-                                 providers=list(providers),
+                                 providers=session_providers(providers),
                                  disabled_optimizers=list(manifest.disabled_optimizers))
             for stage in manifest.stages
         ]
@@ -141,8 +144,12 @@ class CascadeRunner:
 
     @classmethod
     def load(cls, directory: Path | str, *, threads: int = 1, expected_digest: str | None = None,
-             providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> CascadeRunner:
-        """Verify a bundle directory (sha256 of every file) and open its stages."""
+             providers: Sequence[ProviderLike] = (CPU_PROVIDER,)) -> CascadeRunner:
+        """Verify a bundle directory (sha256 of every file) and open its stages.
+
+        ``providers``: onnxruntime execution providers in order of preference, each a plain
+        name, a :class:`~device_agents.profiles.Provider` or its text (``NAME:key=value;...``).
+        """
         manifest = verify_bundle(Path(directory), expected_digest)
         return cls(directory, manifest, threads=threads, providers=providers)
 

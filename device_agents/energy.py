@@ -17,7 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import Protocol
 
 from device_agents.profiles import energy_counters_for
 
@@ -28,7 +29,10 @@ class EnergyCounter(Protocol):
     """Monotonic energy counters: ``read()`` gives raw values (one per domain), ``None`` when
     unreadable; ``span_mj`` turns two readings into millijoules."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """``rapl`` or ``nvml``."""
+        ...
 
     def read(self) -> tuple[float, ...] | None: ...
 
@@ -79,8 +83,9 @@ class RaplCounter:
 class NvmlCounter:
     """Total energy of one NVIDIA GPU from NVML (millijoules)."""
 
-    nvml: Any
-    handle: Any
+    #: the ``pynvml`` module (optional, untyped) and its opaque handle of the GPU
+    nvml: ModuleType
+    handle: object
     name: str = "nvml"
 
     @classmethod
@@ -117,9 +122,12 @@ def _read_int(path: Path) -> int | None:
 
 def open_counters(providers: Sequence[str]) -> list[EnergyCounter]:
     """The counters that can measure a run on ``providers`` on this machine (maybe none)."""
-    opened = {"rapl": RaplCounter.open, "nvml": NvmlCounter.open}
-    counters = (opened[name]() for name in energy_counters_for(providers))
-    return [c for c in counters if c is not None]
+    counters: list[EnergyCounter] = []
+    for name in energy_counters_for(providers):
+        counter = RaplCounter.open() if name == "rapl" else NvmlCounter.open()
+        if counter is not None:
+            counters.append(counter)
+    return counters
 
 
 class EnergyMeter:

@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from device_agents.calibration import expected_calibration_error  # noqa: F401 (
 from device_agents.cascade import CascadeRunner
 from device_agents.energy import EnergyMeter, open_counters
 from device_agents.eval_set import EvalSet
+from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers, provider_names
 from device_agents.protocol import LatencyStats, Measurement, MeasurementProtocol
 
 Z95 = 1.959963984540054
@@ -71,7 +73,9 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
-def device_fingerprint(threads: int, providers: tuple[str, ...]) -> dict[str, Any]:
+def device_fingerprint(threads: int, providers: Sequence[ProviderLike]) -> dict[str, Any]:
+    """What a measurement ran on: host, CPU, cores, onnxruntime and its providers (as
+    ``NAME[:key=value;...]`` text), threads."""
     import onnxruntime as ort
 
     cpu = platform.processor() or platform.machine()
@@ -90,16 +94,17 @@ def device_fingerprint(threads: int, providers: tuple[str, ...]) -> dict[str, An
         "cores": os.cpu_count(),
         "affinity": affinity,
         "onnxruntime": ort.__version__,
-        "providers": list(providers),
+        "providers": [p.spec for p in as_providers(providers)],
         "threads": threads,
     }
 
 
 def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProtocol, *,
                    expected_digest: str | None = None,
-                   providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                   providers: Sequence[ProviderLike] = (CPU_PROVIDER,),
                    agent_id: str = "") -> Measurement:
     """Run the whole protocol on one bundle directory and return the measurement."""
+    providers = as_providers(providers)
     started = time.perf_counter()
     memory = PeakMemory()
     runner = CascadeRunner.load(directory, threads=protocol.threads,
@@ -118,7 +123,7 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
     evaluation = runner.evaluate(inputs, eval_set.labels)
 
     # Timing: rounds cycling through the eval set until the median's CI is tight.
-    energy = EnergyMeter(open_counters(providers))
+    energy = EnergyMeter(open_counters(provider_names(providers)))
     energy.start()
     clock = time.perf_counter_ns
     cpu_start, wall_start = time.process_time(), time.perf_counter()

@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +31,9 @@ EnergyCounterName = Literal["rapl", "nvml"]
 class Provider:
     """An onnxruntime execution provider and its options (as ``InferenceSession`` takes them).
 
+    Written ``NAME`` or ``NAME:key=value;key=value`` on a command line (:meth:`parse`, and
+    :attr:`spec` back).
+
     Example:
         >>> Provider.parse("CUDAExecutionProvider:device_id=0").options
         {'device_id': '0'}
@@ -41,24 +44,59 @@ class Provider:
 
     @classmethod
     def parse(cls, text: str) -> Provider:
-        """``NAME`` or ``NAME:key=value;key=value``."""
-        name, _, rest = text.strip().partition(":")
-        options = dict(item.split("=", 1) for item in rest.split(";") if "=" in item)
+        """``NAME`` or ``NAME:key=value;key=value``; :class:`ValueError` when malformed."""
+        name, colon, rest = text.strip().partition(":")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"{text!r} names no provider")
+        options: dict[str, str] = {}
+        for item in (rest.split(";") if colon else ()):
+            if not item.strip():
+                continue
+            key, equals, value = item.partition("=")
+            if not equals or not key.strip():
+                raise ValueError(f"{text!r}: provider option {item.strip()!r} is not key=value")
+            options[key.strip()] = value.strip()
         return cls(name=name, options=options)
+
+    @property
+    def spec(self) -> str:
+        """The text :meth:`parse` reads back (``NAME`` alone when there are no options)."""
+        if not self.options:
+            return self.name
+        return f"{self.name}:" + ";".join(f"{k}={v}" for k, v in self.options.items())
 
     @property
     def on_gpu(self) -> bool:
         return self.name in GPU_PROVIDERS
 
 
+#: A provider as callers may give one: a :class:`Provider`, or its text (``NAME[:k=v;...]``).
+ProviderLike = Provider | str
+
+
 def parse_providers(text: str) -> tuple[Provider, ...]:
-    """A comma-separated provider list, e.g. ``CUDAExecutionProvider,CPUExecutionProvider``."""
+    """A comma-separated provider list (:class:`ValueError` on a malformed entry), e.g.
+    ``CUDAExecutionProvider:device_id=0,CPUExecutionProvider``."""
     return tuple(Provider.parse(part) for part in text.split(",") if part.strip())
 
 
-def session_providers(providers: Sequence[Provider]) -> list[str | tuple[str, dict[str, str]]]:
-    """``providers`` as ``onnxruntime.InferenceSession(providers=...)`` takes them."""
-    return [(p.name, dict(p.options)) if p.options else p.name for p in providers]
+def as_providers(providers: Iterable[ProviderLike]) -> tuple[Provider, ...]:
+    """``providers`` as :class:`Provider` objects (a string is parsed: a plain name, or a name
+    with options)."""
+    return tuple(p if isinstance(p, Provider) else Provider.parse(p) for p in providers)
+
+
+def provider_names(providers: Iterable[ProviderLike]) -> tuple[str, ...]:
+    """The names alone, without options."""
+    return tuple(p.name for p in as_providers(providers))
+
+
+def session_providers(providers: Iterable[ProviderLike]
+                      ) -> list[str | tuple[str, dict[str, str]]]:
+    """``providers`` as ``onnxruntime.InferenceSession(providers=...)`` takes them: a plain name,
+    or ``(name, options)`` for a provider with options."""
+    return [(p.name, dict(p.options)) if p.options else p.name for p in as_providers(providers)]
 
 
 def int8_target_of(device_class: str, host_machine: str | None = None) -> Int8Target:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device_agents.bundle import BundlePayload
 from device_agents.eval_set import EvalSetPayload
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,9 @@ class MeasureRequest:
     """
 
     bundle_digest: str
-    bundle: BundlePayload | Any
+    bundle: BundlePayload | ObjectRef[BundlePayload]
     eval_set_digest: str
-    eval_set: EvalSetPayload | Any
+    eval_set: EvalSetPayload | ObjectRef[EvalSetPayload]
     protocol: MeasurementProtocol = MeasurementProtocol()
     trial_number: int | None = None
 

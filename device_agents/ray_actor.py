@@ -5,24 +5,33 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from device_agents.agent import LocalDeviceAgent
+from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers
 from device_agents.protocol import Measurement, MeasureRequest
 from device_agents.registry import (
     AGENT_NAMESPACE,
     DEVICE_LABEL,
     NODE_ID_LABEL,
+    AgentHandle,
     AgentName,
     device_resource,
 )
 
-__all__ = ["AGENT_NAMESPACE", "DEVICE_LABEL", "DeviceAgentActor", "create_agent",
+if TYPE_CHECKING:
+    from ray.actor import ActorClass
+
+__all__ = ["AGENT_NAMESPACE", "DEVICE_LABEL", "AgentHandle", "DeviceAgentActor", "create_agent",
            "device_resource", "remote_agent_class", "resolve_cores"]
 
 #: Concurrent calls an agent actor accepts: ``measure`` holds a lock (one measurement at a
 #: time), so the others are ``ping`` and ``info``, answered while a measurement runs.
 MAX_CONCURRENCY = 4
+#: The actor class's options: no restarts by Ray (the study or ``agent start`` recreates a dead
+#: agent under a new name), and ``MAX_CONCURRENCY`` calls at a time.
+ACTOR_OPTIONS: Mapping[str, Any] = {"max_restarts": 0, "max_task_retries": 0,
+                                    "max_concurrency": MAX_CONCURRENCY}
 
 
 def resolve_cores(cores: Sequence[int] | None, cpu_count: int | None = None) -> tuple[int, ...]:
@@ -36,16 +45,18 @@ class DeviceAgentActor:
 
     ``cores`` may count from the end (``(-1,)``: the last core of the machine it lands on),
     for agents created from another machine that does not know the device's core count.
+    ``providers``: onnxruntime providers, plain names or with options
+    (``CUDAExecutionProvider:device_id=0``, or :class:`~device_agents.profiles.Provider`).
     """
 
     def __init__(self, device_class: str, threads: int = 1, cores: tuple[int, ...] | None = None,
                  cache_dir: str | None = None, agent_id: str | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+                 providers: Sequence[ProviderLike] = (CPU_PROVIDER,)) -> None:
         self._pinned = bool(cores)
         self._agent = LocalDeviceAgent(device_class=device_class, threads=threads,
                                        cores=resolve_cores(cores) or None,
                                        cache_dir=Path(cache_dir) if cache_dir else None,
-                                       agent_id=agent_id, providers=tuple(providers))
+                                       agent_id=agent_id, providers=providers)
 
     def measure(self, request: MeasureRequest) -> Measurement:
         return self._agent.measure(request)
@@ -62,19 +73,18 @@ class DeviceAgentActor:
         return self._agent.agent_id
 
 
-def remote_agent_class() -> Any:
-    """The Ray actor class (imports ray lazily)."""
+def remote_agent_class() -> ActorClass[DeviceAgentActor]:
+    """The Ray actor class, with :data:`ACTOR_OPTIONS` (imports ray lazily)."""
     import ray
 
-    return ray.remote(max_restarts=0, max_task_retries=0,
-                      max_concurrency=MAX_CONCURRENCY)(DeviceAgentActor)
+    return ray.remote(**ACTOR_OPTIONS)(DeviceAgentActor)
 
 
 def create_agent(name: AgentName, *, threads: int = 1, cores: Sequence[int] | None = None,
                  cache_dir: str | None = None, detached: bool = False,
                  node_labels: Mapping[str, str] | None = None,
                  resources: Mapping[str, float] | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
+                 providers: Sequence[ProviderLike] = (CPU_PROVIDER,)) -> AgentHandle:
     """Start an agent actor called ``name`` and return its handle (it may still be pending).
 
     It holds one unit of its class's resource and no CPU (it is pinned to its own cores), on
@@ -90,6 +100,8 @@ def create_agent(name: AgentName, *, threads: int = 1, cores: Sequence[int] | No
     }
     if selector:
         options["label_selector"] = selector
-    return remote_agent_class().options(**options).remote(
-        name.device_class, threads, tuple(cores) if cores else None, cache_dir,
-        None, tuple(providers))
+    handle = remote_agent_class().options(**options).remote(
+        device_class=name.device_class, threads=threads,
+        cores=tuple(cores) if cores else None, cache_dir=cache_dir,
+        providers=as_providers(providers))
+    return cast(AgentHandle, handle)  # an ActorHandle[DeviceAgentActor]: see AgentHandle

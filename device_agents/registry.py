@@ -13,9 +13,15 @@ All functions need a connected Ray driver (``ray.init``) and import ray lazily.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.actor import ActorHandle
+
+    from device_agents.protocol import Measurement, MeasureRequest
 
 #: Ray namespace of every agent actor.
 AGENT_NAMESPACE = "paretoedge"
@@ -27,6 +33,41 @@ NODE_LABEL = "paretoedge-node"
 #: Ray's own label holding a node's id.
 NODE_ID_LABEL = "ray.io/node-id"
 AGENT_PREFIX = "agent:"
+
+R = TypeVar("R")
+
+
+class RemoteCall(Protocol[R]):
+    """An actor method without arguments, called through Ray."""
+
+    def remote(self) -> ObjectRef[R]: ...
+
+
+class RemoteMeasure(Protocol):
+    """:meth:`DeviceAgentActor.measure <device_agents.ray_actor.DeviceAgentActor.measure>`,
+    called through Ray."""
+
+    def remote(self, request: MeasureRequest) -> ObjectRef[Measurement]: ...
+
+
+class AgentHandle(Protocol):
+    """The Ray actor handle of an agent (a :class:`ray.actor.ActorHandle` of
+    :class:`~device_agents.ray_actor.DeviceAgentActor`), as its callers use it: each method's
+    ``remote`` returns an object reference to what the method returns.
+
+    Ray types an actor handle's methods as ``Never``, so the handles
+    :func:`~device_agents.ray_actor.create_agent` and :func:`agent_handle` return are declared
+    with this protocol instead; :func:`kill_agent` passes one back to ``ray.kill``.
+    """
+
+    @property
+    def measure(self) -> RemoteMeasure: ...
+
+    @property
+    def info(self) -> RemoteCall[dict[str, Any]]: ...
+
+    @property
+    def ping(self) -> RemoteCall[str]: ...
 
 
 def device_resource(device_class: str) -> str:
@@ -69,10 +110,12 @@ class ClassNode:
 
 def named_agents(device_class: str | None = None) -> list[AgentName]:
     """The agent actors alive in the cluster (of one class, or all), sorted by name."""
-    import ray
+    import ray.util
 
+    # With all_namespaces, Ray lists {"name", "namespace"} dicts (its annotation says str).
+    entries = cast("list[dict[str, str]]", ray.util.list_named_actors(all_namespaces=True))
     found = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
+    for entry in entries:
         if entry.get("namespace") != AGENT_NAMESPACE:
             continue
         name = AgentName.parse(entry.get("name", ""))
@@ -81,24 +124,35 @@ def named_agents(device_class: str | None = None) -> list[AgentName]:
     return sorted(found, key=str)
 
 
-def agent_handle(name: AgentName | str) -> Any | None:
+def agent_handle(name: AgentName | str) -> AgentHandle | None:
     """The actor handle of an agent, or ``None`` when it no longer exists."""
     import ray
 
     try:
-        return ray.get_actor(str(name), namespace=AGENT_NAMESPACE)
+        return cast(AgentHandle, ray.get_actor(str(name), namespace=AGENT_NAMESPACE))
     except ValueError:
         return None
 
 
-def class_nodes(device_class: str) -> list[ClassNode]:
-    """Live nodes that carry ``device_class`` (by its resource or its label)."""
+def kill_agent(handle: AgentHandle) -> None:
+    """``ray.kill`` the agent, without a restart."""
     import ray
 
+    ray.kill(cast("ActorHandle[Any]", handle), no_restart=True)
+
+
+def _live_nodes() -> list[dict[str, Any]]:
+    """``ray.nodes()`` of the nodes alive now."""
+    import ray
+
+    nodes: Callable[[], list[dict[str, Any]]] = ray.nodes  # untyped in Ray
+    return [node for node in nodes() if node.get("Alive")]
+
+
+def class_nodes(device_class: str) -> list[ClassNode]:
+    """Live nodes that carry ``device_class`` (by its resource or its label)."""
     nodes = []
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
+    for node in _live_nodes():
         resources = node.get("Resources") or {}
         labels = node.get("Labels") or {}
         slots = int(resources.get(device_resource(device_class), 0))
@@ -112,11 +166,9 @@ def class_nodes(device_class: str) -> list[ClassNode]:
 
 def node_with_label(key: str, value: str) -> ClassNode | None:
     """The live node whose label ``key`` is ``value`` (any class), or ``None``."""
-    import ray
-
-    for node in ray.nodes():
+    for node in _live_nodes():
         labels = node.get("Labels") or {}
-        if node.get("Alive") and labels.get(key) == value:
+        if labels.get(key) == value:
             resources = node.get("Resources") or {}
             return ClassNode(node_id=node["NodeID"], host=node.get("NodeManagerHostname", "?"),
                              address=node.get("NodeManagerAddress", "?"),
@@ -126,7 +178,8 @@ def node_with_label(key: str, value: str) -> ClassNode | None:
     return None
 
 
-def gather_infos(handles: Mapping[str, Any], timeout: float) -> dict[str, dict[str, Any] | str]:
+def gather_infos(handles: Mapping[str, AgentHandle],
+                 timeout: float) -> dict[str, dict[str, Any] | str]:
     """``info()`` of each agent within ``timeout`` seconds in all; a string says why not."""
     import ray
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from device_agents import agent_node
+from device_agents import agent_cli, agent_node
 from device_agents.agent_cli import AgentStartOptions, options_from
 from device_agents.agent_node import (
     RayNodeProcess,
@@ -20,6 +20,7 @@ from device_agents.agent_node import (
     token_source,
 )
 from device_agents.errors import AgentStartError, DeviceAgentError
+from device_agents.profiles import Provider
 from device_agents.registry import AgentName, describe_age
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +95,7 @@ def test_token_source_prefers_the_given_file_then_the_environment(tmp_path, monk
 @pytest.mark.parametrize(("options", "field"), [
     ({"address": "head"}, "--address"), ({"address": "head:port"}, "--address"),
     ({"device_class": "rpi 4"}, "--device"), ({"agents": 0}, "--agents"),
-    ({"providers": ("NoSuchExecutionProvider",)}, "--providers")])
+    ({"providers": (Provider("NoSuchExecutionProvider"),)}, "--providers")])
 def test_bad_options_are_named(options, field):
     values = {"address": "head:6379", "device_class": "rpi4", **options}
     with pytest.raises(AgentStartError, match=field):
@@ -103,8 +104,66 @@ def test_bad_options_are_named(options, field):
 
 def test_options_from_command_line_values():
     options = options_from("h:1", "jetson", threads=2, cores="2-3", providers="A, B")
-    assert options.cores == (2, 3) and options.providers == ("A", "B")
+    assert options.cores == (2, 3) and options.providers == (Provider("A"), Provider("B"))
     assert options.threads == 2 and options.device_class == "jetson"
+    assert options_from("h:1", "rpi4").providers == (Provider("CPUExecutionProvider"),)
+
+
+def test_providers_may_carry_options():
+    options = options_from("h:1", "jetson", providers="CUDAExecutionProvider:device_id=0;"
+                                                      "gpu_mem_limit=1024,CPUExecutionProvider")
+    assert options.providers == (
+        Provider("CUDAExecutionProvider", {"device_id": "0", "gpu_mem_limit": "1024"}),
+        Provider("CPUExecutionProvider"))
+    with pytest.raises(AgentStartError, match=r"--providers: .*'device_id' is not key=value"):
+        options_from("h:1", "jetson", providers="CUDAExecutionProvider:device_id")
+    with pytest.raises(AgentStartError, match=r"--providers: .*not available"):
+        AgentStartOptions("h:1", "jetson", providers=(
+            Provider("NoSuchExecutionProvider", {"device_id": "0"}),)).check()
+    AgentStartOptions("h:1", "jetson", providers=(  # options do not change the name checked
+        Provider("CPUExecutionProvider", {"use_arena": "0"}),)).check()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["start", "--device", "rpi4"], "error: Missing option '--address'"),
+    (["start", "--address", "h:1"], "error: Missing option '--device'"),
+    (["start", "--address", "h:1", "--device", "rpi4", "--threads", "0"],
+     "error: Invalid value for '--threads'"),
+    (["start", "--address", "h:1", "--device", "rpi4", "--agents", "x"],
+     "error: Invalid value for '--agents'"),
+    (["start", "--address", "h:1", "--device", "rpi4", "--no-such", "1"],
+     "error: No such option: --no-such"),
+    (["start", "--address", "h:1", "--device", "rpi4", "--providers", "CPU:x"],
+     "error: --providers: 'CPU:x': provider option 'x' is not key=value"),
+    (["list", "--format", "xml"], "error: Invalid value for '--format'"),
+    (["stop"], "error: No such command 'stop'")])
+def test_the_device_side_command_names_a_bad_option_in_one_line_with_exit_2(args, message,
+                                                                            capsys):
+    assert agent_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+
+
+def test_paretoedge_mounts_the_same_agent_commands():
+    """One definition: ``paretoedge agent start|list`` and ``agents`` are the device side's."""
+    from typer.main import get_command
+
+    from search.cli.app import app
+
+    def options(command) -> list[tuple]:
+        return [(p.name, tuple(p.opts), p.default, p.required, getattr(p, "help", None))
+                for p in command.params]
+
+    device = get_command(agent_cli.agent_app).commands
+    paretoedge = get_command(app).commands
+    for name in ("start", "list"):
+        assert options(paretoedge["agent"].commands[name]) == options(device[name])
+    assert options(paretoedge["agents"]) == options(device["list"])
+    assert {"--address", "--device", "--threads", "--cores", "--agents", "--cache-dir",
+            "--providers", "--token-file", "--ray-arg"} <= {
+        o for p in device["start"].params for o in p.opts}
+    assert {"--address", "--device", "--format", "--json"} <= {
+        o for p in device["list"].params for o in p.opts}
 
 
 def test_a_failing_ray_start_is_reported_with_its_error(tmp_path):
