@@ -57,6 +57,15 @@ class DeviceConfig(_Strict):
                                     "looks for agents that joined and pings the ones it has")
     heartbeat_timeout_s: float = Field(60.0, gt=0, description="an agent silent this long is "
                                        "dropped and its trial goes to another agent")
+    overlap_builds: bool = Field(False, description="on a local cluster, build the next "
+                                 "candidate while an agent measures (faster, but the build on "
+                                 "the next core inflates the latency; logged per trial)")
+
+    @property
+    def builds_overlap(self) -> bool:
+        """Whether a build may run while a measurement is in flight: always on remote
+        devices (the build host is not the device), on a local cluster only when asked."""
+        return self.overlap_builds or self.address is not None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -20,6 +20,7 @@ _KNOBS_AND_FACTS: tuple[MetricName, ...] = (
     MetricName("integer_ops", "", "ops", "integer kernels in the optimized graphs"),
     MetricName("contended", "", "", "1 when the agent's core was shared after every retry"),
     MetricName("contention_retries", "", "", "measurements repeated for contention"),
+    MetricName("overlap_builds", "", "", "1 when builds ran while agents measured"),
     MetricName("build_s", "", "s", "time to build the bundle"),
     MetricName("measure_s", "", "s", "time the measurement took"),
     MetricName("agent_s", "", "s", "the agent's whole time for the request"),

@@ -135,9 +135,11 @@ class RayAgentPool:
         cpus = os.cpu_count() or 1
         plan, builder_cores = local_core_plan(cpus, count)
         owns_cluster = not ray.is_initialized()
-        start_ray(None, num_cpus=cpus, resources={device_resource(device_class): count})
         if hasattr(os, "sched_setaffinity"):
+            # before Ray starts: its processes (GCS, raylet, workers) inherit the builder's
+            # cores, so only the agents (which pin themselves) run on the agents' cores
             os.sched_setaffinity(0, set(builder_cores))
+        start_ray(None, num_cpus=cpus, resources={device_resource(device_class): count})
         node_id = ray.get_runtime_context().get_node_id()
 
         def factory(index: int) -> Any:

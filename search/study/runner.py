@@ -301,6 +301,7 @@ class StudyRunner:
         metrics = trial_metrics(measurement, pending.candidate, pending.built.info,
                                 self._baseline_accuracy)
         metrics["build_s"] = pending.built.build_seconds
+        metrics["overlap_builds"] = float(self.config.device.builds_overlap)
         metrics["contended"] = float(self._contended(measurement))
         metrics["contention_retries"] = float(pending.contention_retries)
         constraints = self._set_constraints(pending.trial, metrics)
@@ -465,7 +466,9 @@ class StudyRunner:
             if stop_reason is None:
                 stop_reason = self.monitor.stop_reason(
                     self._finished(), in_flight=len(self._pending) + len(self._ready))
-            if stop_reason is None and not self._ready:  # build while the agents measure
+            may_build = self.config.device.builds_overlap or not self._pending
+            if stop_reason is None and not self._ready and may_build:
+                # build while the agents measure, only where that cannot distort the timing
                 pending = self._ask(prepared)
                 self._await_in_flight_twin(pending.candidate, dispatcher, eval_digest, eval_ref)
                 twin = self._measured_twin(pending.candidate)
