@@ -268,10 +268,10 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
 def sensitivity(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
                 workdir: WorkdirOption = Path("runs"),
                 samples: Annotated[int | None, typer.Option(
-                    help="Validation samples to evaluate (default: all).", min=1)] = None
+                    help="Selection samples to evaluate (default: all).", min=1)] = None
                 ) -> None:
     """Per layer group, the accuracy drop when only that group is quantized (onnxruntime, the
-    validation split); saved for the study and logged to MLflow."""
+    selection split); saved for the study and logged to MLflow."""
     from search.cli.sensitivity_command import sensitivity_table
     from search.config import load_config
     from search.study.sensitivity import run_sensitivity

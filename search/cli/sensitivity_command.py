@@ -1,5 +1,5 @@
 """``paretoedge sensitivity CONFIG``: per layer group, the accuracy drop when only that group is
-quantized, measured with onnxruntime (the bundle runtime) on the validation split; the result is
+quantized, measured with onnxruntime (the bundle runtime) on the selection split; the result is
 saved next to the study (``<workdir>/<study>/sensitivity.json``), logged to MLflow, and can seed
 the study with mixed configurations (``quantization.seed_from_sensitivity``).
 """

@@ -392,7 +392,7 @@ class StudyRunner:
             self._show()
             try:
                 with self._stop:
-                    eval_payload = EvalSetPayload.from_eval_set(prepared.data.test_set())
+                    eval_payload = EvalSetPayload.from_eval_set(prepared.data.selection_set())
                     eval_ref = dispatcher.share(eval_payload)
                     self._run_baseline(prepared, dispatcher, eval_payload.digest, eval_ref)
                     seed_study(self._study, prepared, self.config, self.workspace, self.console)

@@ -1,5 +1,5 @@
 """Quantization sensitivity: per layer group, the accuracy drop when only that group is
-quantized, measured with onnxruntime (the bundle runtime) on the validation split; saved next to
+quantized, measured with onnxruntime (the bundle runtime) on the selection split; saved next to
 the study (``<workdir>/<study>/sensitivity.json``), logged to MLflow, and used to seed a study
 with mixed configurations (``quantization.seed_from_sensitivity``).
 """
@@ -62,9 +62,9 @@ def compute_sensitivity(config: StudyConfig, workspace: Workspace, prepared: Pre
     """Build and evaluate the fp32 model and every single-group candidate; save the report."""
     from spaces.sensitivity import measure_sensitivity
 
-    data = prepared.data
-    n = min(samples or len(data.val_x), len(data.val_x))
-    inputs, labels = data.val_x[:n], data.val_y[:n]
+    selection = prepared.data.selection_set()  # decides the seeds: never the test split
+    n = min(samples or len(selection), len(selection))
+    inputs, labels = selection.inputs[:n], selection.labels[:n]
     directory = workspace.study_dir / "sensitivity"
 
     def accuracy_of(candidate: Candidate) -> float:
@@ -77,7 +77,7 @@ def compute_sensitivity(config: StudyConfig, workspace: Workspace, prepared: Pre
         return accuracy
 
     report = measure_sensitivity(prepared.space.quantization, accuracy_of,
-                                 precisions=_precisions(config), split="val", samples=n,
+                                 precisions=_precisions(config), split="selection", samples=n,
                                  key=sensitivity_key(config, prepared, n))
     workspace.study_dir.mkdir(parents=True, exist_ok=True)
     (workspace.study_dir / SENSITIVITY_FILE).write_text(json.dumps(report.to_dict(), indent=2))
@@ -160,7 +160,7 @@ def seed_study(study: optuna.Study, prepared: Prepared, config: StudyConfig, wor
     study. Other knobs keep their baseline values so each seed measures quantization alone."""
     if not config.quantization.seed_from_sensitivity or SEED_ATTR in study.user_attrs:
         return []
-    n = len(prepared.data.val_x)
+    n = len(prepared.data.selection_set())
     report = load_sensitivity(workspace, sensitivity_key(config, prepared, n))
     fresh = report is None
     if report is None:

@@ -77,7 +77,8 @@ def train_or_load_baseline(factory: Callable[[], nn.Module], data: DataSplits,
         return TrainedModel(factory=factory, state=state, key=key,
                             exit_accuracies=tuple(meta["val_exit_accuracies"]), from_cache=True)
     train_model(model, data.preprocess(data.train_x), data.train_y, settings)
-    accuracies = tuple(exit_accuracies(model, data.preprocess(data.val_x), data.val_y))
+    accuracies = tuple(exit_accuracies(model, data.preprocess(data.calibration_x),
+                                           data.calibration_y))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)

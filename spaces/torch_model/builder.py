@@ -180,13 +180,13 @@ class TorchBuilder:
                         if ft.distill_features > 0 else None)
             train_model(result.model, train_x, train_y, ft, teacher=teacher,
                         teacher_channels=channels)
-        val_x = data.preprocess(data.val_x)
+        val_x, val_y = data.preprocess(data.calibration_x), data.calibration_y
         val_logits = exit_logits(result.model, val_x)
         meta = {"history": result.history, "temperatures": fit_temperatures(val_logits,
-                                                                            data.val_y),
+                                                                            val_y),
                 "macs": result.macs, "params": result.params, "ratio": ratio,
                 "stage_ratios": list(stage_ratios),
-                "val_exit_accuracies": [float((lg.argmax(1) == data.val_y).mean())
+                "val_exit_accuracies": [float((lg.argmax(1) == val_y).mean())
                                         for lg in val_logits],
                 "pruning": p.to_dict(), "finetune": ft.to_dict() if result.history else None,
                 "finetune_samples": len(train_x) if result.history else 0,

@@ -197,7 +197,8 @@ def retrofit_exits(trained: TrainedModel, data: DataSplits, spec: ExitHeadSpec,
                             exit_accuracies=tuple(meta["val_exit_accuracies"]),
                             from_cache=True, exits=meta["exits"])
     train_exit_heads(model, data.preprocess(data.train_x), data.train_y, spec)
-    accuracies = tuple(exit_accuracies(model, data.preprocess(data.val_x), data.val_y))
+    accuracies = tuple(exit_accuracies(model, data.preprocess(data.calibration_x),
+                                           data.calibration_y))
     exits = {"source": "retrofitted", "baseline_key": trained.key, **spec.to_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -85,3 +85,30 @@ def test_example_digits_module(digits: DataSplits) -> None:
     assert len(digits.train_x) + len(digits.val_x) + len(digits.test_x) == 1797
     x = digits.preprocess(digits.train_x)
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1.0) < 1e-3
+
+
+def _halved(**extra) -> DataSplits:
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    y = np.arange(20) % 3
+    return DataSplits(train_x=x, train_y=y, val_x=x[:10] + 100, val_y=y[:10], test_x=x[10:],
+                      test_y=y[10:], num_classes=3, **extra)
+
+
+def test_calibration_and_selection_are_disjoint_halves_of_validation() -> None:
+    data = _halved()
+    calibration = {tuple(r) for r in data.calibration_x}
+    selection = {tuple(r) for r in data.selection_set().inputs}
+    assert len(calibration) == len(selection) == 5
+    assert not calibration & selection
+    assert calibration | selection == {tuple(r) for r in data.val_x}
+    assert not selection & {tuple(r) for r in data.test_x}  # the test split stays held out
+
+
+def test_a_selection_split_from_the_loader_leaves_validation_to_calibration() -> None:
+    select_x = np.full((4, 2), 7.0, np.float32)
+    data = _halved(select_x=select_x, select_y=np.array([0, 1, 2, 0]))
+    assert np.array_equal(data.selection_set().inputs, select_x)
+    assert np.array_equal(data.calibration_x, data.val_x)
+    assert data.digest() != _halved().digest()
+    with pytest.raises(ModelError, match="select_x and select_y"):
+        _halved(select_x=select_x)
