@@ -5,7 +5,7 @@ Needs only numpy and onnxruntime (and ray to join a cluster); never torch.
 
 from __future__ import annotations
 
-from device_agents.agent import DeviceAgent, FakeAgent, LocalDeviceAgent
+from device_agents.agent import ConfirmingAgent, DeviceAgent, FakeAgent, LocalDeviceAgent
 from device_agents.bundle import (
     BundleManifest,
     BundlePayload,
@@ -27,14 +27,27 @@ from device_agents.errors import (
     MeasurementError,
 )
 from device_agents.eval_set import EvalSet, EvalSetPayload
-from device_agents.protocol import LatencyStats, Measurement, MeasurementProtocol, MeasureRequest
+from device_agents.protocol import (
+    BundleRef,
+    Confirmation,
+    ConfirmRequest,
+    LatencyStats,
+    Measurement,
+    MeasurementProtocol,
+    MeasureRequest,
+    PercentileCI,
+)
 
 __all__ = [
     "BundleError",
     "BundleIntegrityError",
     "BundleManifest",
     "BundlePayload",
+    "BundleRef",
     "CascadeRunner",
+    "ConfirmRequest",
+    "Confirmation",
+    "ConfirmingAgent",
     "DeviceAgent",
     "DeviceAgentError",
     "EvalSet",
@@ -49,6 +62,7 @@ __all__ = [
     "Measurement",
     "MeasurementError",
     "MeasurementProtocol",
+    "PercentileCI",
     "Prediction",
     "Preprocessing",
     "StageSpec",

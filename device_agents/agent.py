@@ -17,16 +17,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
 
+from device_agents.bundle import BundlePayload
 from device_agents.errors import EvalSetError, MeasurementError
 from device_agents.eval_set import EvalSet, EvalSetPayload
-from device_agents.measure import device_fingerprint, measure_bundle
+from device_agents.measure import confirm_bundles, device_fingerprint, measure_bundle
 from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers
-from device_agents.protocol import Measurement, MeasureRequest
+from device_agents.protocol import Confirmation, ConfirmRequest, Measurement, MeasureRequest
 
 if TYPE_CHECKING:
     from ray import ObjectRef
 
 T = TypeVar("T")
+R = TypeVar("R", Measurement, Confirmation)
 
 
 @runtime_checkable
@@ -34,6 +36,14 @@ class DeviceAgent(Protocol):
     """Anything that can measure a bundle on a device."""
 
     def measure(self, request: MeasureRequest) -> Measurement: ...
+
+
+@runtime_checkable
+class ConfirmingAgent(DeviceAgent, Protocol):
+    """An agent that can also time several bundles interleaved in one process
+    (:class:`LocalDeviceAgent`, :class:`FakeAgent`)."""
+
+    def confirm(self, request: ConfirmRequest) -> Confirmation: ...
 
 
 def _resolve(value: T | ObjectRef[T]) -> T:
@@ -87,6 +97,7 @@ class LocalDeviceAgent:
         self._eval_sets: dict[str, EvalSet] = {}
         self._lock = threading.Lock()
         self.measurements = 0
+        self.confirmations = 0
         #: payloads resolved (fetched through the object store) because the cache lacked them
         self.eval_set_fetches = 0
         self.bundle_fetches = 0
@@ -119,13 +130,19 @@ class LocalDeviceAgent:
 
     def bundle_dir(self, request: MeasureRequest) -> Path:
         """The request's bundle in the cache, materialised and verified on first sight."""
-        directory = self.cache_dir / "bundles" / request.bundle_digest
+        return self.cached_bundle(request.bundle_digest, request.bundle)
+
+    def cached_bundle(self, digest: str,
+                      payload: BundlePayload | ObjectRef[BundlePayload]) -> Path:
+        """The bundle ``digest`` in the cache, materialised and verified (every file's sha256)
+        on first sight; ``payload`` is resolved only then."""
+        directory = self.cache_dir / "bundles" / digest
         if not (directory / "manifest.json").is_file():
-            payload = _resolve(request.bundle)
+            loaded = _resolve(payload)
             self.bundle_fetches += 1
-            if payload.digest != request.bundle_digest:
+            if loaded.digest != digest:
                 raise MeasurementError("bundle payload digest does not match the request")
-            payload.materialize(self.cache_dir / "bundles")
+            loaded.materialize(self.cache_dir / "bundles")
         return directory
 
     def measure(self, request: MeasureRequest) -> Measurement:
@@ -135,7 +152,10 @@ class LocalDeviceAgent:
             directory = self.bundle_dir(request)
             if self.isolate:
                 eval_path = self.eval_set_path(request.eval_set_digest, request.eval_set)
-                measurement = self._measure_in_child(directory, eval_path, request)
+                measurement = self._run_in_child({
+                    "kind": "measure", "directory": str(directory),
+                    "eval_set": str(eval_path), "protocol": request.protocol.to_dict(),
+                    "digest": request.bundle_digest}, Measurement)
             else:
                 eval_set = self.eval_set(request.eval_set_digest, request.eval_set)
                 measurement = measure_bundle(directory, eval_set, request.protocol,
@@ -145,26 +165,52 @@ class LocalDeviceAgent:
             self.last_heartbeat = time.time()
             return replace(measurement, agent_s=time.perf_counter() - started)
 
-    def _measure_in_child(self, directory: Path, eval_path: Path,
-                          request: MeasureRequest) -> Measurement:
-        """Run the protocol in a fresh measuring process: the spare, already past its imports
-        (a new one when it is gone); the next spare starts now on the other cores, or after
-        timing when the agent has no other core."""
+    def confirm(self, request: ConfirmRequest) -> Confirmation:
+        """Time the request's bundles interleaved in rounds in one fresh measuring process
+        (``confirm_bundles`` in ``device_agents/measure.py``), after verifying each bundle's
+        sha256 as :meth:`measure` does; accuracy over the request's eval set."""
+        with self._lock:  # one measurement at a time: they would disturb each other's latency
+            started = time.perf_counter()
+            self.last_heartbeat = time.time()
+            directories = [self.cached_bundle(b.bundle_digest, b.bundle)
+                           for b in request.bundles]
+            digests = [b.bundle_digest for b in request.bundles]
+            keys = [b.key for b in request.bundles]
+            if self.isolate:
+                eval_path = self.eval_set_path(request.eval_set_digest, request.eval_set)
+                confirmation = self._run_in_child({
+                    "kind": "confirm", "directories": [str(d) for d in directories],
+                    "digests": digests, "keys": keys, "eval_set": str(eval_path),
+                    "protocol": request.protocol.to_dict(), "rounds": request.rounds,
+                    "runs_per_round": request.runs_per_round}, Confirmation)
+            else:
+                eval_set = self.eval_set(request.eval_set_digest, request.eval_set)
+                confirmation = confirm_bundles(
+                    directories, eval_set, request.protocol, rounds=request.rounds,
+                    runs_per_round=request.runs_per_round, expected_digests=digests,
+                    keys=keys, providers=self.providers, agent_id=self.agent_id)
+            self.confirmations += 1
+            self.last_heartbeat = time.time()
+            return replace(confirmation, agent_s=time.perf_counter() - started)
+
+    def _run_in_child(self, job: dict[str, Any], result_type: type[R]) -> R:
+        """Run a job (``device_agents.measure_child``) in a fresh measuring process: the
+        spare, already past its imports (a new one when it is gone); the next spare starts now
+        on the other cores, or after timing when the agent has no other core."""
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
-            job, result = Path(tmp) / "job.json", Path(tmp) / "measurement.pkl"
-            job.write_text(json.dumps({
-                "directory": str(directory), "eval_set": str(eval_path),
-                "protocol": request.protocol.to_dict(), "digest": request.bundle_digest,
-                "providers": [p.spec for p in self.providers], "agent_id": self.agent_id,
-                "cores": list(self.cores), "parent_pid": os.getpid()}))
+            job_path, result = Path(tmp) / "job.json", Path(tmp) / "result.pkl"
+            job_path.write_text(json.dumps({
+                **job, "providers": [p.spec for p in self.providers],
+                "agent_id": self.agent_id, "cores": list(self.cores),
+                "parent_pid": os.getpid()}))
             child = self._take_spare()
             if self._spare_cores:  # the next one starts up on other cores while this one times
                 self._spare = self._spawn_child()
             try:
-                _, stderr = child.communicate(f"{job}\t{result}\n")
+                _, stderr = child.communicate(f"{job_path}\t{result}\n")
             except BrokenPipeError:  # the spare died just now: start a fresh one
                 child = self._spawn_child()
-                _, stderr = child.communicate(f"{job}\t{result}\n")
+                _, stderr = child.communicate(f"{job_path}\t{result}\n")
             if self._spare is None:  # no other core: start the next one after timing
                 self._spare = self._spawn_child()
             if child.returncode != 0 or not result.is_file():
@@ -173,11 +219,11 @@ class LocalDeviceAgent:
                 if child.returncode < 0:
                     why = f"killed by signal {-child.returncode} (a crash, or out of memory)"
                 raise MeasurementError(f"measuring process failed: {why}")
-            measurement = pickle.loads(result.read_bytes())
-            if not isinstance(measurement, Measurement):
-                raise MeasurementError(f"measuring process wrote a {type(measurement).__name__}, "
-                                       f"not a Measurement")
-            return measurement
+            answer = pickle.loads(result.read_bytes())
+            if not isinstance(answer, result_type):
+                raise MeasurementError(f"measuring process wrote a {type(answer).__name__}, "
+                                       f"not a {result_type.__name__}")
+            return answer
 
     def _spawn_child(self) -> subprocess.Popen[str]:
         """Start a measuring process from the agent's spawner thread.
@@ -231,22 +277,44 @@ class LocalDeviceAgent:
                 "providers": [p.spec for p in self.providers],
                 "available_providers": list(ort.get_available_providers()),
                 "threads": self.threads, "measurements": self.measurements,
+                "confirmations": self.confirmations,
                 "busy": self._lock.locked(), "eval_set_fetches": self.eval_set_fetches,
                 "bundle_fetches": self.bundle_fetches, "started": self.started,
                 "last_heartbeat": self.last_heartbeat, "pid": os.getpid()}
 
 
 class FakeAgent:
-    """A test double that answers every request with ``handler(request)``.
+    """A test double that answers every request with ``handler(request)``, and every
+    confirmation with ``confirm_handler(request)``; without one, a confirmation is built from
+    ``handler``, called once per bundle (each round's p50 and p95 are then the measurement's).
 
     Example:
         >>> agent = FakeAgent(lambda request: canned_measurement)  # doctest: +SKIP
     """
 
-    def __init__(self, handler: Callable[[MeasureRequest], Measurement]) -> None:
+    def __init__(self, handler: Callable[[MeasureRequest], Measurement],
+                 confirm_handler: Callable[[ConfirmRequest], Confirmation] | None = None) -> None:
         self.handler = handler
+        self.confirm_handler = confirm_handler
         self.requests: list[MeasureRequest] = []
+        self.confirm_requests: list[ConfirmRequest] = []
 
     def measure(self, request: MeasureRequest) -> Measurement:
         self.requests.append(request)
         return self.handler(request)
+
+    def confirm(self, request: ConfirmRequest) -> Confirmation:
+        self.confirm_requests.append(request)
+        if self.confirm_handler is not None:
+            return self.confirm_handler(request)
+        measurements = tuple(self.handler(MeasureRequest(
+            bundle_digest=b.bundle_digest, bundle=b.bundle,
+            eval_set_digest=request.eval_set_digest, eval_set=request.eval_set,
+            protocol=request.protocol, trial_number=b.key)) for b in request.bundles)
+        return Confirmation(
+            measurements=measurements,
+            round_p50_ms=tuple((m.latency.p50_ms,) * request.rounds for m in measurements),
+            round_p95_ms=tuple((m.latency.p95_ms,) * request.rounds for m in measurements),
+            rounds=request.rounds, fingerprint=measurements[0].fingerprint,
+            agent_id=measurements[0].agent_id, keys=tuple(b.key for b in request.bundles),
+            duration_s=sum(m.duration_s for m in measurements))

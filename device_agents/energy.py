@@ -1,6 +1,9 @@
 """Energy per inference, only from counters the hardware really has: RAPL and NVML.
 
-Nothing is estimated: where no counter is readable the energy is absent (``None``).
+Nothing is estimated: where no counter is readable the energy is absent (``None``). The
+counters see a whole package (or GPU): other cores' work and the idle power too. So the idle
+power is measured over a short sleep just before timing, on the same agent, and subtracted
+(:func:`energy_per_run`); the gross figure is kept alongside.
 
 - RAPL (Intel, and AMD Zen on Linux >= 5.8): the package counters under
   ``/sys/class/powercap/intel-rapl:N/energy_uj``, microjoules, wrapping at
@@ -14,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -130,14 +134,44 @@ def open_counters(providers: Sequence[str]) -> list[EnergyCounter]:
     return counters
 
 
+@dataclass(frozen=True)
+class EnergyPerRun:
+    """Energy of one inference: ``energy_mj`` above the idle power, ``package_mj`` as the
+    counters saw it (idle power included), and the idle power subtracted (``None``: none)."""
+
+    energy_mj: float
+    package_mj: float
+    idle_mw: float | None = None
+
+
+def energy_per_run(span_mj: float | None, runs: int, wall_s: float,
+                   idle_mw: float | None) -> EnergyPerRun | None:
+    """``(span - idle power x wall time) / runs``, from the energy ``span_mj`` the counters
+    measured over ``runs`` runs that took ``wall_s``; ``None`` when nothing was measured.
+
+    A net energy below zero (the idle power was measured higher than the package drew while
+    timing: noise larger than the bundle's own energy) is reported as 0.
+
+    Example:
+        >>> energy_per_run(1500.0, 100, 1.0, idle_mw=1000.0)
+        EnergyPerRun(energy_mj=5.0, package_mj=15.0, idle_mw=1000.0)
+    """
+    if span_mj is None or runs <= 0:
+        return None
+    idle_mj = (idle_mw or 0.0) * wall_s  # mW x s = mJ
+    return EnergyPerRun(energy_mj=max(span_mj - idle_mj, 0.0) / runs,
+                        package_mj=span_mj / runs, idle_mw=idle_mw)
+
+
 class EnergyMeter:
     """Reads every available counter around a timed region.
 
     Example:
         >>> meter = EnergyMeter(open_counters(["CPUExecutionProvider"]))
+        >>> idle_mw = meter.idle_power_mw(0.5)  # None where no counter exists
         >>> meter.start()
-        >>> ...  # run the model ``runs`` times
-        >>> meter.per_run_mj(runs)  # None where no counter exists  # doctest: +SKIP
+        >>> ...  # run the model ``runs`` times, ``wall_s`` seconds
+        >>> energy_per_run(meter.span_mj(), runs, wall_s, idle_mw)  # doctest: +SKIP
     """
 
     def __init__(self, counters: Sequence[EnergyCounter]) -> None:
@@ -151,9 +185,10 @@ class EnergyMeter:
     def start(self) -> None:
         self._start = [c.read() for c in self.counters]
 
-    def per_run_mj(self, runs: int) -> float | None:
-        """Energy per run over the region since :meth:`start`, or ``None`` if unmeasured."""
-        if not self.counters or runs <= 0:
+    def span_mj(self) -> float | None:
+        """Energy of every counter together since :meth:`start`, millijoules; ``None`` when
+        there is no counter, one is unreadable, or one went backwards (untrusted)."""
+        if not self.counters or len(self._start) != len(self.counters):
             return None
         total = 0.0
         for counter, start in zip(self.counters, self._start, strict=True):
@@ -164,7 +199,27 @@ class EnergyMeter:
             if not span >= 0:  # NaN: the counter went backwards and cannot be trusted
                 return None
             total += span
-        return total / runs
+        return total
+
+    def per_run_mj(self, runs: int) -> float | None:
+        """Energy per run over the region since :meth:`start`, or ``None`` if unmeasured."""
+        span = self.span_mj() if runs > 0 else None
+        return None if span is None else span / runs
+
+    def idle_power_mw(self, seconds: float, *, sleep: Callable[[float], None] = time.sleep,
+                      clock: Callable[[], float] = time.perf_counter) -> float | None:
+        """The counters' power over ``seconds`` of sleep, milliwatts (mJ/s); ``None`` when
+        there is no counter, ``seconds`` is 0, or the counters cannot be trusted."""
+        if not self.counters or seconds <= 0:
+            return None
+        self.start()
+        began = clock()
+        sleep(seconds)
+        span = self.span_mj()
+        elapsed = clock() - began
+        if span is None or elapsed <= 0:
+            return None
+        return span / elapsed
 
     def close(self) -> None:
         for counter in self.counters:

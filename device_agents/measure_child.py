@@ -1,12 +1,14 @@
 """A measurement in a process of its own: ``python -m device_agents.measure_child JOB RESULT``.
 
-``JOB`` is a JSON file (bundle directory, eval-set file, protocol, digest, providers, cores);
-the :class:`Measurement` is pickled to ``RESULT``. The agent uses one process per measurement,
-so that peak memory is the bundle's own and a crash of onnxruntime costs one trial, not the
-agent. ``python -m device_agents.measure_child --wait PARENT_PID [CORES]`` starts a spare: it
-imports everything (on ``CORES``, e.g. ``0,2``, when given), then reads ``JOB<TAB>RESULT`` from
-stdin (the agent keeps one ready, so the start-up of about 0.3 s is off the next request's path);
-end of input makes it exit.
+``JOB`` is a JSON file: its ``kind``, the eval-set file, the protocol, providers, cores, and
+for ``measure`` (the default) one bundle directory and digest, for ``confirm`` several, with
+their keys, the rounds and the runs per round. The :class:`Measurement` (``measure``) or
+:class:`Confirmation` (``confirm``) is pickled to ``RESULT``. The agent uses one process per
+measurement, so that peak memory is the bundle's own and a crash of onnxruntime costs one
+trial, not the agent. ``python -m device_agents.measure_child --wait PARENT_PID [CORES]``
+starts a spare: it imports everything (on ``CORES``, e.g. ``0,2``, when given), then reads
+``JOB<TAB>RESULT`` from stdin (the agent keeps one ready, so the start-up of about 0.3 s is
+off the next request's path); end of input makes it exit.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import pickle
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from device_agents.eval_set import EvalSet
-from device_agents.measure import measure_bundle
-from device_agents.protocol import MeasurementProtocol
+from device_agents.measure import confirm_bundles, measure_bundle
+from device_agents.protocol import Confirmation, Measurement, MeasurementProtocol
+
+#: What a job asks for: one measurement, or a confirmation of several bundles.
+JOB_KINDS = ("measure", "confirm")
 
 
 def die_with_parent(parent_pid: int | None) -> None:
@@ -44,15 +50,29 @@ def main(job_path: str, result_path: str) -> int:
     die_with_parent(job.get("parent_pid"))
     if job.get("cores") and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(job["cores"]))
-    eval_set = EvalSet.from_bytes(Path(job["eval_set"]).read_bytes())
-    measurement = measure_bundle(Path(job["directory"]), eval_set,
-                                 MeasurementProtocol.from_dict(job["protocol"]),
-                                 expected_digest=job["digest"],
-                                 providers=tuple(job["providers"]), agent_id=job["agent_id"])
+    result = run_job(job)
     tmp = Path(result_path + ".tmp")
-    tmp.write_bytes(pickle.dumps(measurement))
+    tmp.write_bytes(pickle.dumps(result))
     tmp.rename(result_path)
     return 0
+
+
+def run_job(job: dict[str, Any]) -> Measurement | Confirmation:
+    """Run a job (as the agent writes it) in this process."""
+    kind = job.get("kind", "measure")
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    eval_set = EvalSet.from_bytes(Path(job["eval_set"]).read_bytes())
+    protocol = MeasurementProtocol.from_dict(job["protocol"])
+    providers = tuple(job["providers"])
+    if kind == "confirm":
+        return confirm_bundles([Path(d) for d in job["directories"]], eval_set, protocol,
+                               rounds=job["rounds"], runs_per_round=job["runs_per_round"],
+                               expected_digests=job["digests"], keys=job["keys"],
+                               providers=providers, agent_id=job["agent_id"])
+    return measure_bundle(Path(job["directory"]), eval_set, protocol,
+                          expected_digest=job["digest"], providers=providers,
+                          agent_id=job["agent_id"])
 
 
 def wait_for_job(parent_pid: int, start_cores: str = "") -> int:

@@ -49,10 +49,21 @@ MEASURED: tuple[MetricName, ...] = (
     _m("latency_n", "", "runs", "timed runs"),
     _m("latency_ci_rel_width", "", "", "width of the median's 95 % CI over the median"),
     _m("latency_cpu_share", "", "", "CPU time of the measuring process over wall time"),
+    _m("latency_converged", "", "", "1 when timing stopped because every ranked percentile's "
+       "95 % CI was tight enough, 0 when it stopped at max_runs or max_seconds"),
+    *(_m(f"latency_p{q}_ci_{end}_ms", "", "ms",
+         f"{'lower' if end == 'low' else 'upper'} end of the {q}th percentile's 95 % CI "
+         f"(when that percentile is ranked)")
+      for q in (50, 90, 95, 99) for end in ("low", "high")),
     _m("size_kb", "min", "KB", "size of the bundle's graphs"),
     _m("peak_mem_mb", "min", "MB", "peak resident memory of the measuring process"),
     _m("ece", "min", "", "expected calibration error of the cascade's answers"),
-    _m("energy_mj", "min", "mJ", "energy per inference, where a hardware counter exists"),
+    _m("energy_mj", "min", "mJ", "energy per inference above the idle power, where a "
+       "hardware counter exists"),
+    _m("energy_package_mj", "", "mJ", "the counters' whole energy per inference, idle power "
+       "included"),
+    _m("energy_idle_mw", "", "mW", "idle power measured before timing and subtracted from "
+       "energy_mj"),
     _m("exit_rate_", "", "", "share of samples that left at exit k"),
     _m("ece_exit_", "min", "", "expected calibration error of exit k's head"),
 )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from device_agents.agent import LocalDeviceAgent
 from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers
-from device_agents.protocol import Measurement, MeasureRequest
+from device_agents.protocol import Confirmation, ConfirmRequest, Measurement, MeasureRequest
 from device_agents.registry import (
     AGENT_NAMESPACE,
     DEVICE_LABEL,
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["AGENT_NAMESPACE", "DEVICE_LABEL", "AgentHandle", "DeviceAgentActor", "create_agent",
            "device_resource", "remote_agent_class", "resolve_cores"]
 
-#: Concurrent calls an agent actor accepts: ``measure`` holds a lock (one measurement at a
-#: time), so the others are ``ping`` and ``info``, answered while a measurement runs.
+#: Concurrent calls an agent actor accepts: ``measure`` and ``confirm`` hold a lock (one
+#: measurement at a time), so the others are ``ping`` and ``info``, answered while a
+#: measurement runs.
 MAX_CONCURRENCY = 4
 #: The actor class's options: no restarts by Ray (the study or ``agent start`` recreates a dead
 #: agent under a new name), and ``MAX_CONCURRENCY`` calls at a time.
@@ -60,6 +61,11 @@ class DeviceAgentActor:
 
     def measure(self, request: MeasureRequest) -> Measurement:
         return self._agent.measure(request)
+
+    def confirm(self, request: ConfirmRequest) -> Confirmation:
+        """Several bundles timed interleaved in one measuring process (holds the same lock as
+        ``measure``: one at a time)."""
+        return self._agent.confirm(request)
 
     def info(self) -> dict[str, Any]:
         import ray

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ray import ObjectRef
     from ray.actor import ActorHandle
 
-    from device_agents.protocol import Measurement, MeasureRequest
+    from device_agents.protocol import Confirmation, ConfirmRequest, Measurement, MeasureRequest
 
 #: Ray namespace of every agent actor.
 AGENT_NAMESPACE = "paretoedge"
@@ -50,6 +50,13 @@ class RemoteMeasure(Protocol):
     def remote(self, request: MeasureRequest) -> ObjectRef[Measurement]: ...
 
 
+class RemoteConfirm(Protocol):
+    """:meth:`DeviceAgentActor.confirm <device_agents.ray_actor.DeviceAgentActor.confirm>`,
+    called through Ray."""
+
+    def remote(self, request: ConfirmRequest) -> ObjectRef[Confirmation]: ...
+
+
 class AgentHandle(Protocol):
     """The Ray actor handle of an agent (a :class:`ray.actor.ActorHandle` of
     :class:`~device_agents.ray_actor.DeviceAgentActor`), as its callers use it: each method's
@@ -62,6 +69,9 @@ class AgentHandle(Protocol):
 
     @property
     def measure(self) -> RemoteMeasure: ...
+
+    @property
+    def confirm(self) -> RemoteConfirm: ...
 
     @property
     def info(self) -> RemoteCall[dict[str, Any]]: ...
