@@ -276,8 +276,12 @@ class EarlyExitConfig(_Strict):
 class MeasurementConfig(_Strict):
     warmup_runs: int = Field(50, ge=0)
     warmup_seconds: float = Field(0.2, ge=0)
-    min_runs: int = Field(300, ge=10)
-    max_runs: int = Field(3000, ge=10)
+    #: timing goes on until the 95 % CI of every ranked latency percentile (objectives and
+    #: constraints) is within ci_rel_width of it, after min_runs runs and min_seconds
+    min_runs: int = Field(1024, ge=10)
+    max_runs: int = Field(100_000, ge=10)
+    min_seconds: float = Field(0.5, ge=0)
+    max_seconds: float = Field(10.0, ge=0, description="0: no limit")
     round_runs: int = Field(100, ge=1)
     ci_rel_width: float = Field(0.02, gt=0, lt=1)
     timeout_s: float = Field(300.0, gt=0)
@@ -292,6 +296,16 @@ class MeasurementConfig(_Strict):
         if self.max_runs < self.min_runs:
             raise ValueError("max_runs must be >= min_runs")
         return self
+
+
+class ConfirmConfig(_Strict):
+    """The confirmation at a study's end: the baseline and the front re-timed by one agent,
+    interleaved in ``rounds`` rounds of ``runs_per_round`` runs each, and evaluated on the test
+    split."""
+
+    enabled: bool = True
+    rounds: int = Field(5, ge=1, le=100)
+    runs_per_round: int = Field(1000, ge=10, le=1_000_000)
 
 
 class SearchConfig(_Strict):
@@ -340,6 +354,7 @@ class StudyConfig(_Strict):
     pruning: PruningConfig = PruningConfig()
     early_exit: EarlyExitConfig = EarlyExitConfig()
     measurement: MeasurementConfig = MeasurementConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
     base_dir: Path = Field(Path("."), exclude=True)

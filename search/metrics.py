@@ -21,12 +21,23 @@ _KNOBS_AND_FACTS: tuple[MetricName, ...] = (
     MetricName("contended", "", "", "1 when the agent's core was shared after every retry"),
     MetricName("contention_retries", "", "", "measurements repeated for contention"),
     MetricName("overlap_builds", "", "", "1 when builds ran while agents measured"),
+    MetricName("test_accuracy", "max", "", "accuracy on the held-out test split (confirmed)"),
+    MetricName("test_accuracy_drop", "min", "", "baseline test accuracy minus the trial's"),
+    MetricName("confirmed_latency_p50_ms", "min", "ms", "median latency, confirmation"),
+    MetricName("confirmed_latency_p95_ms", "min", "ms", "p95 latency, confirmation"),
+    MetricName("confirmed_latency_mean_ms", "min", "ms", "mean latency, confirmation"),
+    MetricName("confirmed_speedup_p50", "max", "x", "baseline p50 over the trial's, one process"),
+    MetricName("confirmed_speedup_p95", "max", "x", "baseline p95 over the trial's, one process"),
     MetricName("build_s", "", "s", "time to build the bundle"),
     MetricName("measure_s", "", "s", "time the measurement took"),
     MetricName("agent_s", "", "s", "the agent's whole time for the request"),
 )
 #: Every metric a trial can carry, by name (``*_`` and ``*stage`` names are families).
 METRICS: dict[str, MetricName] = {m.name: m for m in (*MEASURED, *_KNOBS_AND_FACTS)}
+#: What a confirmation adds to a trial (search.study.confirmation).
+CONFIRMATION_METRICS: tuple[str, ...] = (
+    "test_accuracy", "test_accuracy_drop", "confirmed_latency_p50_ms", "confirmed_latency_p95_ms",
+    "confirmed_latency_mean_ms", "confirmed_speedup_p50", "confirmed_speedup_p95")
 #: The objectives of every study: (metric, Optuna direction).
 OBJECTIVES: tuple[tuple[str, str], ...] = tuple(
     (name, "maximize" if METRICS[name].direction == "max" else "minimize")

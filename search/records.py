@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,8 @@ class TrialRecord:
 
 #: Study user attr: numbers of trials a killed driver left RUNNING (failed as interrupted).
 INTERRUPTED_ATTR = "interrupted_trials"
+#: Study user attr: the latest confirmation (search.study.confirmation), metrics per trial.
+CONFIRMATION_ATTR = "confirmation"
 
 
 def record_from_parts(*, number: int, state: str, params: Mapping[str, Any],
@@ -126,9 +128,21 @@ def record_from_trial(trial: FrozenTrial, interrupted: Collection[int] = ()) -> 
 
 
 def records_of(study: optuna.Study) -> list[TrialRecord]:
-    """Every trial of a study as a record (read from its storage)."""
-    interrupted = set(study.user_attrs.get(INTERRUPTED_ATTR, ()))
-    return [record_from_trial(t, interrupted) for t in study.get_trials(deepcopy=False)]
+    """Every trial of a study as a record (read from its storage), confirmed metrics included."""
+    attrs = study.user_attrs
+    interrupted = set(attrs.get(INTERRUPTED_ATTR, ()))
+    return with_confirmation([record_from_trial(t, interrupted)
+                              for t in study.get_trials(deepcopy=False)],
+                             attrs.get(CONFIRMATION_ATTR))
+
+
+def with_confirmation(records: Sequence[TrialRecord], confirmation: Mapping[str, Any] | None
+                      ) -> list[TrialRecord]:
+    """``records`` with the metrics of the study's confirmation (``test_accuracy``,
+    ``confirmed_speedup_p95``, ...) merged into those of the trials it confirmed."""
+    trials = (confirmation or {}).get("trials", {})
+    return [replace(r, metrics={**r.metrics, **trials[str(r.number)]})
+            if str(r.number) in trials else r for r in records]
 
 
 def finish_order(records: Sequence[TrialRecord]) -> list[TrialRecord]:

@@ -117,7 +117,12 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
                  "search.patience of the config.", min=1)] = None,
         workdir: WorkdirOption = Path("runs"),
         seed: Annotated[int | None, typer.Option(help="Sampler seed (overrides the "
-                                                      "config).")] = None) -> None:
+                                                      "config).")] = None,
+        confirm: Annotated[bool, typer.Option(
+            "--confirm/--no-confirm", help="At the end, re-time the baseline and the front "
+                                           "interleaved on one agent and measure the test split "
+                                           "(`paretoedge confirm` does it later).")] = True
+        ) -> None:
     """Run (or resume) a study and print its feasible Pareto front.
 
     Ctrl-C stops it gracefully (the trials in flight finish, the front is printed); a second
@@ -143,7 +148,7 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
                   f"{cfg.device.class_!r}, workdir {workspace.workdir}")
     try:
         summary = StudyRunner(cfg, workspace, console=console).run(
-            RunOptions(trials=budget, timeout_s=timeout_s, patience=patience))
+            RunOptions(trials=budget, timeout_s=timeout_s, patience=patience, confirm=confirm))
     except KeyboardInterrupt:
         _fail(130, "interrupted before the first trial; nothing was lost")
     console.print(front_table(list(summary.front.members), summary.front.baseline,
@@ -163,6 +168,36 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
         console.print(f"resume it: paretoedge run {config} --workdir {workdir}"
                       + (f" --trials {budget}" if trials else ""))
         raise typer.Exit(130)
+
+
+@app.command(name="confirm")
+@_guard
+def confirm_command(study: Annotated[str, typer.Argument(help="Study name.")],
+                    workdir: WorkdirOption = Path("runs"),
+                    rounds: Annotated[int | None, typer.Option(
+                        help="Interleaved rounds (default: the study's confirm.rounds).",
+                        min=1)] = None,
+                    runs: Annotated[int | None, typer.Option(
+                        help="Timed runs per bundle and round (default: confirm.runs_per_round).",
+                        min=10)] = None) -> None:
+    """Re-time the baseline and every front member on one agent, interleaved in rounds in one
+    process, and evaluate them on the held-out test split; print the confirmed front."""
+    from search.results.front_table import front_table
+    from search.results.pareto import ParetoFront
+    from search.study.confirmation import confirm_stored_study
+    from search.workspace import Workspace
+
+    workspace = Workspace(workdir.resolve(), study)
+    records, config, settings = confirm_stored_study(workspace, rounds=rounds,
+                                                     runs_per_round=runs)
+    if config.tracking.mlflow:
+        from search.tracking.mlflow_sync import sync_study
+
+        console.print(f"MLflow: {sync_study(workspace.workdir, study).describe()}")
+    result = ParetoFront.from_records(records, config.constraints.max_accuracy_drop)
+    console.print(front_table(list(result.members), result.baseline,
+                              f"Confirmed front of {study} ({settings.rounds} interleaved rounds "
+                              f"x {settings.runs_per_round} runs; test split)"))
 
 
 @app.command()

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agents import MeasureRequest
+from device_agents import Confirmation, ConfirmRequest, MeasureRequest
 from device_agents.registry import (
     AGENT_NAMESPACE,
     AgentName,
@@ -259,6 +259,24 @@ class RayAgentPool:
         job.ref = agent.handle.measure.remote(job.request)
         job.tried.add(agent.agent_id)
         self._busy[job.ref.hex()] = job
+
+    def confirm(self, request: ConfirmRequest) -> Confirmation:
+        """Run a confirmation on one free agent and wait for it (``timeout_s`` per bundle)."""
+        import ray
+
+        if not self.wait_for_free_slot():
+            raise AgentUnavailableError(f"no free agent of device class {self.device_class!r} "
+                                        f"to confirm on")
+        agent = self._free_agents()[0]
+        ref = agent.handle.confirm.remote(request)
+        ready, _ = ray.wait([ref], timeout=self.timeout_s * max(1, len(request.bundles)))
+        if not ready:
+            self._lost(agent, "timed out confirming", True)
+            raise AgentUnavailableError(f"agent {agent.agent_id} did not finish the "
+                                        f"confirmation within "
+                                        f"{self.timeout_s * len(request.bundles):.0f} s")
+        confirmation: Confirmation = ray.get(ref)
+        return confirmation
 
     def wait_for_free_slot(self, timeout: float | None = None) -> bool:
         """Wait (up to ``timeout``, default ``wait_for_agents_s``) until an agent is free,

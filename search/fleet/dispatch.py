@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from device_agents import DeviceAgent, Measurement, MeasureRequest
+from device_agents import (
+    Confirmation,
+    ConfirmingAgent,
+    ConfirmRequest,
+    DeviceAgent,
+    Measurement,
+    MeasureRequest,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class InlineDispatcher:
 
     def share(self, payload: object) -> object:
         return payload
+
+    def confirm(self, request: ConfirmRequest) -> Confirmation:
+        if not isinstance(self.agent, ConfirmingAgent):
+            raise TypeError(f"{type(self.agent).__name__} cannot confirm (no confirm method)")
+        return self.agent.confirm(request)
 
     def submit(self, key: int, request: MeasureRequest) -> None:
         try:

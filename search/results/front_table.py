@@ -18,24 +18,38 @@ COLUMNS = ("accuracy", "accuracy_drop", "latency_p50_ms", "latency_p95_ms", "lat
 
 def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
                 title: str) -> Table:
-    """Trials with their main metrics; speed-up is the baseline's p95 over the trial's."""
+    """Trials with their main metrics. ``acc`` is the selection split's (what the search
+    decided with); once the study is confirmed, ``test acc`` is the held-out split's and the
+    speed-up is the confirmed one (the baseline and the trial timed in one process); before,
+    it is the ratio of the two search measurements, taken at different times."""
+    confirmed = any("confirmed_speedup_p95" in r.metrics for r in records)
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right", no_wrap=True)
     table.add_column("candidate", no_wrap=True)
-    for name in ("acc", "drop pp", "p50 ms", "p95 ms", "mean ms", "size KB", "speed-up p95"):
+    names = ["acc", "drop pp", *(["test acc", "test drop pp"] if confirmed else []),
+             "p50 ms", "p95 ms", "mean ms", "size KB",
+             "speed-up p95 (confirmed)" if confirmed else "speed-up p95"]
+    for name in names:
         table.add_column(name, justify="right")
+    nan = float("nan")
     for r in records:
         m = r.metrics
-        speedup = (baseline.metrics["latency_p95_ms"] / m["latency_p95_ms"]
-                   if baseline and m.get("latency_p95_ms") else float("nan"))
+        if confirmed:
+            speedup = m.get("confirmed_speedup_p95", nan)
+        else:
+            speedup = (baseline.metrics["latency_p95_ms"] / m["latency_p95_ms"]
+                       if baseline and m.get("latency_p95_ms") else nan)
+        test = ([f"{m.get('test_accuracy', nan):.4f}",
+                 f"{100 * m.get('test_accuracy_drop', nan):+.2f}"] if confirmed else [])
         table.add_row(str(r.number) + (" (fp32)" if r.baseline else ""),
                       candidate_label(dict(r.candidate)),
-                      f"{m.get('accuracy', float('nan')):.4f}",
-                      f"{100 * m.get('accuracy_drop', float('nan')):+.2f}",
-                      f"{m.get('latency_p50_ms', float('nan')):.4f}",
-                      f"{m.get('latency_p95_ms', float('nan')):.4f}",
-                      f"{m.get('latency_mean_ms', float('nan')):.4f}",
-                      f"{m.get('size_kb', float('nan')):.1f}",
+                      f"{m.get('accuracy', nan):.4f}",
+                      f"{100 * m.get('accuracy_drop', nan):+.2f}",
+                      *test,
+                      f"{m.get('latency_p50_ms', nan):.4f}",
+                      f"{m.get('latency_p95_ms', nan):.4f}",
+                      f"{m.get('latency_mean_ms', nan):.4f}",
+                      f"{m.get('size_kb', nan):.1f}",
                       f"{speedup:.2f}x")
     return table
 

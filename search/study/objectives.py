@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from device_agents import Measurement
+from search.config import StudyConfig
 from search.metrics import OBJECTIVES
 from spaces import Candidate
 
@@ -33,6 +35,17 @@ def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Ma
         if isinstance(value, (int, float)):
             metrics[key] = float(value)
     return metrics
+
+
+def ranked_percentiles(config: StudyConfig) -> tuple[float, ...]:
+    """The latency percentiles the study ranks or caps (objectives and constraints): the ones
+    whose confidence interval the measurement must bound."""
+    names = [name for name, _ in OBJECTIVES]
+    if config.constraints.latency_p95_ms is not None:
+        names.append("latency_p95_ms")
+    found = sorted({float(m.group(1)) for name in names
+                    if (m := re.fullmatch(r"latency_p(\d+)_ms", name))})
+    return tuple(found) or (50.0,)
 
 
 def objective_values(metrics: Mapping[str, float]) -> list[float]:

@@ -26,13 +26,26 @@ from device_agents.bundle import BundlePayload
 from search.config import StudyConfig
 from search.errors import SearchError
 from search.fleet.dispatch import Completed, Dispatcher
+from search.fleet.study_pool import default_dispatcher
 from search.metrics import OBJECTIVES
 from search.records import INTERRUPTED, INTERRUPTED_ATTR, TrialRecord
 from search.results.pareto import ParetoFront
 from search.study.budget import INTERRUPTED_BY_USER, SPACE_EXHAUSTED, TRIALS_DONE, Budget
+from search.study.confirmation import (
+    Confirmer,
+    ConfirmSettings,
+    confirm_records,
+    store_confirmation,
+    to_confirm,
+)
 from search.study.interrupts import GracefulStop, sigint_ignored
 from search.study.monitor import StudyMonitor
-from search.study.objectives import constraint_values, objective_values, trial_metrics
+from search.study.objectives import (
+    constraint_values,
+    objective_values,
+    ranked_percentiles,
+    trial_metrics,
+)
 from search.study.phase_clock import ASK, BUILD, SUBMIT, TELL, TRACK, WAIT, PhaseClock, PhaseTimes
 from search.study.preparation import Prepared, prepare
 from search.study.samplers import make_sampler
@@ -61,6 +74,8 @@ class RunOptions:
     trials: int
     timeout_s: float | None = None
     patience: int | None = None
+    #: re-time the baseline and the front interleaved, and measure the test split, at the end
+    confirm: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,20 +120,6 @@ def _in_phase(phase: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
                 return method(self, *args, **kwargs)
         return timed
     return wrap
-
-
-def default_dispatcher(config: StudyConfig, workspace: Workspace) -> Dispatcher:
-    from search.fleet.agent_pool import RayAgentPool
-
-    d, m = config.device, config.measurement
-    common: dict[str, Any] = {"timeout_s": m.timeout_s, "retries": m.retries,
-                              "wait_for_agents_s": d.wait_for_agents_s}
-    if d.address:  # agents of the class in a running cluster (paretoedge agent start)
-        return RayAgentPool.connect(d.address, d.class_, threads=d.threads,
-                                    discover_every_s=d.discover_every_s,
-                                    heartbeat_timeout_s=d.heartbeat_timeout_s, **common)
-    return RayAgentPool.start_local(d.class_, d.agents, threads=d.threads,
-                                    cache_dir=str(workspace.cache / "agent"), **common)
 
 
 class StudyRunner:
@@ -213,7 +214,9 @@ class StudyRunner:
                                        warmup_runs=m.warmup_runs,
                                        warmup_seconds=m.warmup_seconds, min_runs=m.min_runs,
                                        max_runs=m.max_runs, round_runs=m.round_runs,
-                                       ci_rel_width=m.ci_rel_width)
+                                       ci_rel_width=m.ci_rel_width,
+                                       ranked_percentiles=ranked_percentiles(self.config),
+                                       min_seconds=m.min_seconds, max_seconds=m.max_seconds)
         return MeasureRequest(bundle_digest=pending.built.digest,
                               bundle=BundlePayload.from_directory(pending.built.directory),
                               eval_set_digest=eval_digest, eval_set=eval_ref,
@@ -312,6 +315,8 @@ class StudyRunner:
         record = self._log.told(pending.trial, "COMPLETE", constraints)
         front = self.monitor.trial_finished(record)
         flag = "[green]feasible[/green]" if record.feasible else "[yellow]outside band[/yellow]"
+        if metrics.get("latency_converged", 1.0) == 0.0:
+            flag += " [yellow]not converged[/yellow]"
         if record.contended:
             flag += (f" [red]contended[/red] (cpu share {metrics['latency_cpu_share']:.2f} after "
                      f"{pending.contention_retries} retries; not ranked)")
@@ -377,10 +382,12 @@ class StudyRunner:
         self._log = TrialLog.load(self._study)
         self._study.set_user_attr("config", self.config.model_dump(mode="json", by_alias=True))
         self._study.set_user_attr("max_accuracy_drop", self.config.constraints.max_accuracy_drop)
+        self._study.set_user_attr("config_dir", str(self.config.base_dir.resolve()))
         self._recover_interrupted()
         self.monitor.begin(self.records(),
                            Budget(options.trials, options.timeout_s, options.patience))
         stop_reason = TRIALS_DONE
+        timing: PhaseTimes | None = None
         with self.monitor.display:
             # catch up with what a killed or offline run could not log
             self._refresh("starting the agents")
@@ -397,6 +404,9 @@ class StudyRunner:
                     self._run_baseline(prepared, dispatcher, eval_payload.digest, eval_ref)
                     seed_study(self._study, prepared, self.config, self.workspace, self.console)
                     stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref)
+                    timing = self.clock.times()  # the trials' time: confirming is not
+                    if options.confirm and self.config.confirm.enabled:
+                        self._confirm(prepared, dispatcher)
             except (KeyboardInterrupt, SystemExit):
                 stop_reason = INTERRUPTED_BY_USER
                 with contextlib.suppress(Exception):  # keep what finished just before
@@ -405,7 +415,8 @@ class StudyRunner:
                     self._interrupt(pending)
                 self._pending, self._ready = {}, []
             finally:
-                timing = self.clock.times()  # the trials' time: stopping the agents is not
+                if stop_reason == INTERRUPTED_BY_USER or timing is None:
+                    timing = self.clock.times()  # the trials' time: stopping agents is not
                 dispatcher.close()
             self._show(f"stopped: {stop_reason}")
         self._study.set_user_attr("timing", timing.to_dict())
@@ -415,6 +426,34 @@ class StudyRunner:
                             ParetoFront.from_records(records,
                                                      self.config.constraints.max_accuracy_drop),
                             stop_reason, self.monitor.history.hypervolume, timing)
+
+    def _confirm(self, prepared: Prepared, dispatcher: Dispatcher) -> None:
+        """The baseline and the front, re-timed interleaved by one agent and evaluated on the
+        held-out test split (:mod:`search.study.confirmation`)."""
+        c = self.config.confirm
+        members = to_confirm(self.records(), self.config.constraints.max_accuracy_drop)
+        if not members:
+            return
+        if not isinstance(dispatcher, Confirmer):
+            self.monitor.print(f"[yellow]{type(dispatcher).__name__} cannot confirm; the front "
+                               f"is not confirmed")
+            return
+        self._show(f"confirming {len(members)} bundles: {c.rounds} interleaved rounds x "
+                   f"{c.runs_per_round} runs, test split")
+        test = EvalSetPayload.from_eval_set(prepared.data.test_set())
+        settings = ConfirmSettings(rounds=c.rounds, runs_per_round=c.runs_per_round,
+                                   threads=self.config.device.threads)
+        try:
+            attr = confirm_records(self.records(), self.workspace, dispatcher, test,
+                                   dispatcher.share(test), settings,
+                                   self.config.constraints.max_accuracy_drop)
+        except Exception as exc:  # the study's trials stand; `paretoedge confirm` retries
+            self.monitor.print(f"[red]confirmation failed[/red] ({type(exc).__name__}: {exc}); "
+                               f"run `paretoedge confirm {self.config.study}` later")
+            return
+        if attr:
+            store_confirmation(self._study, attr)
+            self._log = TrialLog.load(self._study)
 
     def _run_baseline(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
                       eval_ref: Any) -> None:

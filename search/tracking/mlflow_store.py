@@ -11,8 +11,9 @@ import json
 import logging
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ STUDY_TAG = "paretoedge.study"
 ROLE_TAG = "paretoedge.role"
 TRIAL_TAG = "trial_number"
 BUNDLE_LOGGED_TAG = "bundle_logged"
+CONFIRMED_TAG = "confirmed"
 
 
 def tracking_uri(workdir: Path) -> str:
@@ -78,6 +80,8 @@ class ChildRun:
     status: str
     pareto: bool
     bundle_logged: bool
+    #: which confirmation its confirmed metrics come from (``""``: none logged)
+    confirmed: str = ""
 
 
 class MlflowStore:
@@ -144,7 +148,8 @@ class MlflowStore:
             if number is not None:
                 self.children[int(number)] = ChildRun(
                     child.info.run_id, child.info.status, child.data.tags.get("pareto") == "true",
-                    child.data.tags.get(BUNDLE_LOGGED_TAG) == "true")
+                    child.data.tags.get(BUNDLE_LOGGED_TAG) == "true",
+                    child.data.tags.get(CONFIRMED_TAG, ""))
 
     def trial_runs(self) -> list[Any]:
         """Every trial run of the study (``mlflow.entities.Run``), paging through them all."""
@@ -259,12 +264,20 @@ class MlflowStore:
     def set_pareto(self, number: int, member: bool) -> None:
         child = self.children[number]
         self.client.set_tag(child.run_id, "pareto", str(member).lower())
-        self.children[number] = ChildRun(child.run_id, child.status, member, child.bundle_logged)
+        self.children[number] = replace(child, pareto=member)
+
+    def log_confirmed(self, number: int, metrics: Mapping[str, float], key: str) -> None:
+        """Add a confirmation's metrics to a trial's (finished) run."""
+        child = self.children[number]
+        stamp = int(time.time() * 1000)
+        self.log_metrics(child.run_id, [(k, v, stamp, 0) for k, v in sorted(metrics.items())])
+        self.client.set_tag(child.run_id, CONFIRMED_TAG, key)
+        self.children[number] = replace(child, confirmed=key)
 
     def log_bundle(self, number: int, directory: Path) -> None:
         child = self.children[number]
         self.client.log_artifacts(child.run_id, str(directory), artifact_path="bundle")
         self.client.set_tag(child.run_id, BUNDLE_LOGGED_TAG, "true")
-        self.children[number] = ChildRun(child.run_id, child.status, child.pareto, True)
+        self.children[number] = replace(child, bundle_logged=True)
 
 

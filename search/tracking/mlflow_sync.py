@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from search.metrics import CONFIRMATION_METRICS
 from search.records import TrialRecord
 from search.results.pareto import HypervolumeHistory, HypervolumePoint, ParetoFront
 from search.tracking.mlflow_store import MlflowStore, flatten, store_writable
@@ -54,6 +55,7 @@ class SyncReport:
     pareto_tags: int = 0
     hypervolume_steps: int = 0
     bundles_logged: int = 0
+    confirmed_logged: int = 0
     artifacts: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -61,6 +63,8 @@ class SyncReport:
                  f"{self.pareto_tags} pareto tag(s) updated",
                  f"{self.hypervolume_steps} hypervolume step(s)",
                  f"{self.bundles_logged} bundle(s) logged"]
+        if self.confirmed_logged:
+            parts.append(f"{self.confirmed_logged} confirmed trial(s)")
         if self.parent_created:
             parts.insert(0, "study run created")
         if self.artifacts:
@@ -121,6 +125,7 @@ class MlflowMirror:
             if known is None or known.status not in ("FINISHED", "FAILED"):
                 store.log_trial(record)
                 report.trials_logged += 1
+        report.confirmed_logged = self._sync_confirmed(store, snapshot)
         members = snapshot.front.numbers
         for number, child in list(store.children.items()):
             if child.pareto != (number in members):
@@ -133,6 +138,21 @@ class MlflowMirror:
         if store.parent().info.status != status:
             store.set_status(parent, status)
         return report
+
+    def _sync_confirmed(self, store: MlflowStore, snapshot: StudySnapshot) -> int:
+        """The confirmed metrics of trials whose runs lack this confirmation's."""
+        logged = 0
+        for record in snapshot.records:
+            confirmed = {k: record.metrics[k] for k in CONFIRMATION_METRICS
+                         if k in record.metrics}
+            child = store.children.get(record.number)
+            if not confirmed or child is None:
+                continue
+            key = ";".join(f"{confirmed[k]:.9g}" for k in sorted(confirmed))
+            if child.confirmed != key:
+                store.log_confirmed(record.number, confirmed, key)
+                logged += 1
+        return logged
 
     def _sync_baseline(self, store: MlflowStore, parent: str, snapshot: StudySnapshot) -> None:
         baseline = snapshot.front.baseline

@@ -54,8 +54,9 @@ def test_every_trial_was_measured_by_the_agent(study) -> None:
         m = r.metrics
         assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"] <= m["latency_p99_ms"]
         assert m["latency_n"] >= 20
-        # accuracy is a count over the 200-sample eval set, one sample at a time
-        assert m["accuracy"] * 200 == pytest.approx(round(m["accuracy"] * 200))
+        # accuracy is a count over the 150-sample selection split (half of validation), one
+        # sample at a time; the 200 test samples are only measured by the confirmation
+        assert m["accuracy"] * 150 == pytest.approx(round(m["accuracy"] * 150))
         assert m["size_kb"] > 0 and m["peak_mem_mb"] > 0
         assert sum(m[k] for k in m if k.startswith("exit_rate_")) == pytest.approx(1.0)
         assert r.agent_id and r.agent_id.startswith("local-")
@@ -111,3 +112,48 @@ def test_best_returns_a_bundle_the_runtime_loads_and_runs(study, tmp_path) -> No
                          "--maximize", "accuracy", cwd=directory)
     assert nothing.returncode == 1
     assert nothing.stderr.strip().count("\n") == 0 and "no feasible trial" in nothing.stderr
+
+
+def test_the_front_is_confirmed_on_the_test_split_in_one_process(study) -> None:
+    """At the end of the run the baseline and the front were timed again interleaved by one
+    agent and evaluated on the held-out test split; the confirmed figures reach MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from search.results.pareto import ParetoFront
+    from search.tracking.mlflow_store import tracking_uri
+    from search.workspace import Workspace, load_records
+
+    directory, stdout = study
+    records, attrs = load_records(Workspace(directory / "runs", "e2e"))
+    confirmation = attrs["confirmation"]
+    assert confirmation["split"] == "test" and confirmation["rounds"] == 5
+    front = ParetoFront.from_records(records, attrs["max_accuracy_drop"])
+    confirmed = [front.baseline, *front.members]
+    for r in confirmed:
+        m = r.metrics
+        assert 0 <= m["test_accuracy"] <= 1
+        assert m["confirmed_latency_p50_ms"] > 0 and m["confirmed_speedup_p95"] > 0
+    assert front.baseline.metrics["confirmed_speedup_p95"] == 1.0
+    assert front.baseline.metrics["test_accuracy_drop"] == 0.0
+    assert "speed-up p95 (confirmed)" in stdout and "test acc" in stdout
+    client = MlflowClient(tracking_uri=tracking_uri(directory / "runs"))
+    experiment = client.get_experiment_by_name("paretoedge/e2e")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    logged = {int(r.data.tags["trial_number"]) for r in runs
+              if "confirmed_speedup_p95" in r.data.metrics}
+    assert logged == {r.number for r in confirmed}
+
+
+def test_confirm_re_times_a_stored_study(study) -> None:
+    directory, _ = study
+    runs = str(directory / "runs")
+    done = paretoedge("confirm", "e2e", "--workdir", runs, "--rounds", "2", "--runs", "50",
+                      cwd=directory)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Confirmed front of e2e (2 interleaved rounds x 50 runs; test split)" in done.stdout
+    chosen = paretoedge("best", "e2e", "--workdir", runs, "--where", "test_accuracy >= 0",
+                        "--maximize", "confirmed_speedup_p95", "--format", "json", cwd=directory)
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(chosen.stdout)["metrics"]["confirmed_speedup_p95"] > 0
+    missing = paretoedge("confirm", "nope", "--workdir", runs, cwd=directory)
+    assert missing.returncode == 2 and "nope" in missing.stderr

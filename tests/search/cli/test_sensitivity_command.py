@@ -43,7 +43,7 @@ def test_sensitivity_command(write_config, tmp_path: Path) -> None:
 
     saved = json.loads((tmp_path / "runs" / "tiny" / "sensitivity.json").read_text())
     assert saved["groups"] == ["first", "stage1", "last"]
-    assert saved["split"] == "val" and saved["samples"] == 60
+    assert saved["split"] == "selection" and saved["samples"] == 60
     assert [(e["group"], e["precision"]) for e in saved["entries"]] == [
         ("first", "int8"), ("stage1", "int8"), ("last", "int8")]
     for entry in saved["entries"]:
@@ -105,7 +105,7 @@ def test_the_study_is_seeded_from_the_sensitivity(write_config, tmp_path: Path) 
 
     summary = runner().run(RunOptions(trials=4))
     report = json.loads((workspace.study_dir / "sensitivity.json").read_text())
-    assert report["samples"] == 300  # the whole validation split of the tiny project
+    assert report["samples"] == 150  # the whole selection split (half of validation)
     study = optuna.load_study(study_name="tiny", storage=open_storage(workspace.journal))
     seeds = study.user_attrs[SEED_ATTR]
     assert len(seeds) == 2

@@ -1,0 +1,54 @@
+"""The end of a study: the baseline and the front confirmed on the held-out test split by one
+agent, the search itself measured on the selection split only."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.config import load_config
+from search.fleet.dispatch import InlineDispatcher
+from search.study.runner import RunOptions, StudyRunner
+from search.tracking.tracker import NullTracker
+from search.workspace import Workspace, load_records
+
+from .test_study import fake_device
+
+
+def run(write_config, tmp_path, agent, confirm: bool = True):
+    config = load_config(write_config())
+    runner = StudyRunner(config, Workspace(tmp_path / "runs", config.study),
+                         dispatcher_factory=lambda c, w: InlineDispatcher(agent),
+                         tracker=NullTracker())
+    return runner.run(RunOptions(trials=5, confirm=confirm))
+
+
+@pytest.mark.slow
+def test_the_front_is_confirmed_on_the_test_split(write_config, tmp_path) -> None:
+    agent = fake_device()
+    summary = run(write_config, tmp_path, agent)
+    (request,) = agent.confirm_requests
+    # the search decided on the selection split; the confirmation measured the test split
+    assert {r.eval_set_digest for r in agent.requests} != {request.eval_set_digest}
+    assert request.eval_set.load().labels.shape == (200,)  # the tiny project's test split
+    assert all(len(r.eval_set.load()) == 150 for r in agent.requests)  # half of validation
+    confirmed = [summary.front.baseline, *summary.front.members]
+    assert [b.key for b in request.bundles] == [r.number for r in confirmed]
+    for r in confirmed:
+        assert {"test_accuracy", "test_accuracy_drop", "confirmed_latency_p95_ms",
+                "confirmed_speedup_p95"} <= set(r.metrics)
+    baseline = summary.front.baseline
+    for r in summary.front.members:  # the fake board's latencies, as ratios to the baseline
+        assert r.metrics["confirmed_speedup_p95"] == pytest.approx(
+            baseline.metrics["confirmed_latency_p95_ms"] / r.metrics["confirmed_latency_p95_ms"])
+    records, attrs = load_records(Workspace(tmp_path / "runs", "tiny"))
+    assert attrs["confirmation"]["split"] == "test"
+    stored = {r.number: r.metrics.get("test_accuracy") for r in records}
+    assert all(stored[r.number] == r.metrics["test_accuracy"] for r in confirmed)
+
+
+@pytest.mark.slow
+def test_no_confirm_leaves_the_front_unconfirmed(write_config, tmp_path) -> None:
+    agent = fake_device()
+    summary = run(write_config, tmp_path, agent, confirm=False)
+    assert agent.confirm_requests == []
+    assert all("test_accuracy" not in r.metrics for r in summary.records)
