@@ -2,7 +2,7 @@
 
 Nothing is estimated: where no counter is readable the energy is absent (``None``). The
 counters see a whole package (or GPU): other cores' work and the idle power too. So the idle
-power is measured over a short sleep just before timing, on the same agent, and subtracted
+power is measured over a short sleep before the bundle is loaded, on the same agent, and subtracted
 (:func:`energy_per_run`); the gross figure is kept alongside.
 
 - RAPL (Intel, and AMD Zen on Linux >= 5.8): the package counters under

@@ -164,7 +164,7 @@ def spread(bundle: BundlePayload, payload: EvalSetPayload, repeats: int,
 
     plan, builder = local_core_plan(os.cpu_count() or 1, 1)
     pool = pool_with(plan, builder, cache)
-    protocol = MeasurementProtocol()  # the default protocol a study uses
+    protocol = MeasurementProtocol()  # the protocol class defaults (a study passes its own)
     rows = []
     try:
         request = MeasureRequest(bundle_digest=bundle.digest, bundle=bundle,

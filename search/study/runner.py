@@ -405,7 +405,8 @@ class StudyRunner:
                     seed_study(self._study, prepared, self.config, self.workspace, self.console)
                     stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref)
                     timing = self.clock.times()  # the trials' time: confirming is not
-                    if options.confirm and self.config.confirm.enabled:
+                    if options.confirm and self.config.confirm.enabled and \
+                            stop_reason != INTERRUPTED_BY_USER:  # Ctrl-C: `confirm` later
                         self._confirm(prepared, dispatcher)
             except (KeyboardInterrupt, SystemExit):
                 stop_reason = INTERRUPTED_BY_USER
