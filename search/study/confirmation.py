@@ -11,9 +11,10 @@ added to the trials' MLflow runs by the mirror.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from device_agents import EvalSetPayload
@@ -48,6 +49,12 @@ class ConfirmSettings:
     threads: int = 1
     warmup_runs: int = 100
     warmup_seconds: float = 0.2
+
+
+def covering_runs(settings: ConfirmSettings, eval_samples: int) -> int:
+    """Runs per round, raised so that the rounds together run every test sample through each
+    bundle at least once (a cascade's latency depends on which samples exit early)."""
+    return max(settings.runs_per_round, math.ceil(eval_samples / settings.rounds))
 
 
 def confirmed_metrics(confirmation: Confirmation, numbers: Sequence[int],
@@ -97,14 +104,16 @@ def confirm_records(records: Sequence[TrialRecord], workspace: Workspace, confir
     protocol = MeasurementProtocol(threads=settings.threads, warmup_runs=settings.warmup_runs,
                                    warmup_seconds=settings.warmup_seconds)
     started = time.time()
+    runs = covering_runs(settings, len(eval_payload.load()))
     confirmation = confirmer.confirm(ConfirmRequest(
         bundles=tuple(refs), eval_set_digest=eval_payload.digest,
         eval_set=cast("EvalSetPayload | ObjectRef[EvalSetPayload]", eval_ref),
-        protocol=protocol, rounds=settings.rounds, runs_per_round=settings.runs_per_round))
+        protocol=protocol, rounds=settings.rounds,
+        runs_per_round=runs))
     numbers = [r.number for r in chosen]
     metrics = confirmed_metrics(confirmation, numbers, chosen[0].number)
     return {"trials": {str(n): m for n, m in metrics.items()}, "rounds": confirmation.rounds,
-            "runs_per_round": settings.runs_per_round, "agent_id": confirmation.agent_id,
+            "runs_per_round": runs, "agent_id": confirmation.agent_id,
             "fingerprint": dict(confirmation.fingerprint), "at": started,
             "duration_s": confirmation.duration_s, "split": "test",
             "n_test": confirmation.measurements[0].n_eval}
@@ -160,4 +169,5 @@ def confirm_stored_study(workspace: Workspace, *, rounds: int | None = None,
         dispatcher.close()
     if attr:
         store_confirmation(study, attr)
+        settings = replace(settings, runs_per_round=int(attr["runs_per_round"]))
     return records_of(study), config, settings
