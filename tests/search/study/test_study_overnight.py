@@ -14,12 +14,13 @@ from rich.console import Console
 from device_agents import FakeAgent, LatencyStats, Measurement, MeasureRequest
 from search.config import load_config
 from search.fleet.dispatch import InlineDispatcher
-from search.metrics import CONFIRMATION_METRICS
 from search.records import INTERRUPTED
 from search.study.budget import INTERRUPTED_BY_USER
 from search.study.runner import RunOptions, StudyRunner
 from search.tracking.tracker import NullTracker
 from search.workspace import Workspace
+
+from .test_study import measured
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +45,6 @@ def fake_device(on_measure=None, flat: bool = False) -> FakeAgent:
                            agent_id="fake-0")
 
     return FakeAgent(handler)
-
-
-def measured(record) -> dict[str, float]:
-    """A trial's metrics without what the end-of-run confirmation adds."""
-    return {k: v for k, v in record.metrics.items() if k not in CONFIRMATION_METRICS}
 
 
 def runner(config_path: Path, workdir: Path, agent: FakeAgent) -> StudyRunner:
