@@ -20,7 +20,7 @@ estimated as sum_k exit_rate_k * median(path k): the "est." columns.
 Usage (the fp32 model is loaded from the reference cache, never retrained here):
 
     PYTHONPATH=$PWD .venv/bin/python experiments/benchmarks/early_exit_bench.py \\
-        --baseline-cache /work/refruns/cache --workdir runs/early_exit_bench
+        --baseline-cache <a workdir cache with the trained model> --workdir runs/early_exit_bench
 
 Prints rich tables and writes ``<workdir>/early_exit_bench.json``.
 """
@@ -276,7 +276,7 @@ def _table(title: str, rows: list[Row], reference: dict[str, dict[str, float]],
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "experiments" / "fashion_mnist.yaml"))
-    parser.add_argument("--baseline-cache", default="/work/refruns/cache",
+    parser.add_argument("--baseline-cache", default="",
                         help="a workdir cache holding the trained fp32 model ('' to train)")
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "early_exit_bench"))
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"])

@@ -14,7 +14,7 @@ order, each round a full measurement (accuracy over the eval set, one sample at 
 fixed number of timed runs); p50/p95 are the median over the rounds.
 
     PYTHONPATH=$PWD .venv/bin/python experiments/benchmarks/pruning_bench.py \\
-        [--baseline-cache /work/refruns/cache] [--workdir runs/pruning_bench] \\
+        [--baseline-cache <a workdir cache>] [--workdir runs/pruning_bench] \\
         [--train-subset 20000] [--epochs 3] [--temperature 1 4] [--features 1] [--rounds 3]
 
 The fp32 model is not trained here: its cache (``<baseline-cache>/baseline``) is copied into the
@@ -45,7 +45,7 @@ console = Console(width=210)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "fashion_mnist.yaml")
-    parser.add_argument("--baseline-cache", type=Path, default=Path("/work/refruns/cache"),
+    parser.add_argument("--baseline-cache", type=Path, default=None,
                         help="a workdir cache holding the trained fp32 model (baseline/)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "pruning_bench")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])

@@ -15,7 +15,7 @@ The best mixed configuration is the fastest (p50) mixed variant inside the confi
 band; all-int8 and all-fp32 are not "mixed". Target: all-int8 reference model >= 2x fp32 at p50.
 
     PYTHONPATH=$PWD .venv/bin/python experiments/benchmarks/quantization_bench.py \
-        --workdir runs/bench-quant --fashion-baseline /work/refruns/cache
+        --workdir runs/bench-quant --fashion-baseline <a workdir cache with the trained model>
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sensitivity-samples", type=int, default=None,
                         help="validation samples per sensitivity evaluation (default: all)")
-    parser.add_argument("--fashion-baseline", type=Path, default=Path("/work/refruns/cache"),
+    parser.add_argument("--fashion-baseline", type=Path, default=None,
                         help="a cache dir whose baseline/ holds the trained reference model")
     parser.add_argument("--digits-baseline", type=Path, default=None)
     parser.add_argument("--allow-training", action="store_true",

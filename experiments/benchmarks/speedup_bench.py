@@ -11,7 +11,7 @@
    round); latencies are the median over the rounds, and the speed-ups their ratios.
 
     PYTHONPATH=$PWD .venv/bin/python experiments/benchmarks/speedup_bench.py \\
-        [--workdir runs/reference] [--baseline-cache /work/refruns/cache] [--trials 40]
+        [--workdir runs/reference] [--baseline-cache <a workdir cache>] [--trials 40]
 
 Prints the study's front and the speed-up table; writes ``<workdir>/speedup_bench.json``.
 """
