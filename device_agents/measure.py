@@ -155,6 +155,7 @@ class BundleTiming:
         #: the counters' energy over every segment; None once a segment could not be measured
         self.energy_span_mj: float | None = 0.0 if meter.counters else None
         self._next = 0
+        self._ms = np.empty(0, dtype=np.float64)
 
     @contextlib.contextmanager
     def segment(self) -> Iterator[None]:
@@ -195,8 +196,16 @@ class BundleTiming:
             runner.run(inputs[self._next % len(inputs)])
             self._next += 1
 
+    def latencies_ms(self) -> np.ndarray:
+        """Every sample so far in milliseconds, unsorted; only the samples added since the last
+        call are converted."""
+        new = self.samples_ns[len(self._ms):]
+        if new:
+            self._ms = np.concatenate([self._ms, np.asarray(new, dtype=np.float64) / 1e6])
+        return self._ms
+
     def sorted_ms(self) -> np.ndarray:
-        return np.sort(np.asarray(self.samples_ns, dtype=np.float64) / 1e6)
+        return np.sort(self.latencies_ms())
 
     def cpu_share(self, threads: int) -> float | None:
         """CPU time over wall time x threads (at most 1)."""
@@ -268,7 +277,7 @@ def time_until_converged(timing: BundleTiming, protocol: MeasurementProtocol) ->
             now = clock()
             if (len(timing.samples_ns) >= protocol.min_runs
                     and (now - started) / 1e9 >= protocol.min_seconds
-                    and ranked_converged(timing.sorted_ms(), protocol.ranked_percentiles,
+                    and ranked_converged(timing.latencies_ms(), protocol.ranked_percentiles,
                                          protocol.ci_rel_width)):
                 return True
             if deadline is not None and now >= deadline:

@@ -51,17 +51,25 @@ def ranked_cis(sorted_ms: np.ndarray, percentiles: Sequence[float]) -> tuple[Per
                  for p in percentiles)
 
 
-def ranked_converged(sorted_ms: np.ndarray, percentiles: Sequence[float],
+def ranked_converged(samples_ms: np.ndarray, percentiles: Sequence[float],
                      ci_rel_width: float) -> bool:
     """Whether every one of ``percentiles`` is known well enough: its 95 % interval lies
     inside the samples (not clipped: with too few samples above a high percentile no interval
-    of that confidence exists) and is at most ``ci_rel_width`` times the percentile."""
-    n = len(sorted_ms)
+    of that confidence exists) and is at most ``ci_rel_width`` times the percentile.
+
+    ``samples_ms`` need not be sorted: only the order statistics at the interval's ranks and
+    the percentile's are selected (``np.partition``, linear time), so the stopping rule can
+    test after every round without sorting every sample again."""
+    n = len(samples_ms)
     for p in percentiles:
         lo, hi = quantile_ci_ranks(n, p / 100.0)
         if lo < 0 or hi > n - 1:
             return False
-        if sorted_ms[hi] - sorted_ms[lo] > ci_rel_width * float(np.percentile(sorted_ms, p)):
+        position = (n - 1) * p / 100.0  # np.percentile's linear interpolation
+        below, above = math.floor(position), math.ceil(position)
+        picked = np.partition(samples_ms, sorted({lo, hi, below, above}))
+        percentile = picked[below] + (picked[above] - picked[below]) * (position - below)
+        if picked[hi] - picked[lo] > ci_rel_width * float(percentile):
             return False
     return True
 
