@@ -10,13 +10,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from device_agents.bundle import CONFIDENCE_MEASURES
 from device_agents.profiles import profile_for
 from search.durations import parse_duration
 from search.errors import ConfigError
+from search.metrics import CONFIRMATION_METRICS, DEFAULT_OBJECTIVES, METRICS, limitable_metrics
 from spaces.precisions import Precision
 
 
@@ -33,9 +42,49 @@ class TrainConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    factory: str = Field(description="'file.py:function' (relative to the config) or "
-                                     "'package.module:function' returning a torch.nn.Module")
-    train: TrainConfig = TrainConfig()
+    """Where the model comes from: PyTorch code (``factory``, with a trained ``checkpoint`` or
+    trained here) or an ONNX file alone (``onnx``)."""
+
+    factory: str | None = Field(None, description="'file.py:function' (relative to the config) "
+                                "or 'package.module:function' returning a torch.nn.Module")
+    checkpoint: str | None = Field(None, description="a state_dict file (torch.save) loaded "
+                                   "strictly into the factory's module; nothing is trained")
+    onnx: str | None = Field(None, description="an ONNX file (relative to the config): the "
+                             "model without its code; quantization and runtime knobs only")
+    train: TrainConfig | Literal[False] = Field(
+        TrainConfig(), description="how the factory's module is trained first; false: it "
+                                   "is used as it comes (a factory that loads its weights)")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train_true(cls, value: object) -> object:
+        return {} if value is True else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.factory is None) == (self.onnx is None):
+            raise ValueError("give exactly one of 'factory' (PyTorch code) and 'onnx' (an "
+                             "ONNX file)")
+        if self.onnx is not None and self.checkpoint is not None:
+            raise ValueError("'checkpoint' needs 'factory' (the code it is loaded into), not "
+                             "'onnx'")
+        if "train" in self.model_fields_set and self.train is not False and (
+                self.checkpoint is not None or self.onnx is not None):
+            beside = "checkpoint" if self.checkpoint else "onnx"
+            raise ValueError(f"'train' settings beside '{beside}': a trained model is not "
+                             f"trained again (remove 'train')")
+        return self
+
+    @property
+    def trains(self) -> bool:
+        """Whether the study trains the factory's module before the search."""
+        return self.factory is not None and self.checkpoint is None and self.train is not False
+
+    @property
+    def train_settings(self) -> TrainConfig:
+        """``train``'s settings (its defaults where it is off: finetunes and heads use its
+        batch size and seed)."""
+        return self.train if isinstance(self.train, TrainConfig) else TrainConfig()
 
 
 class DataConfig(_Strict):
@@ -71,9 +120,32 @@ class DeviceConfig(_Strict):
 
 
 class ConstraintsConfig(_Strict):
+    """The accuracy band and hard limits on any metric (``{peak_mem_mb: 64}``): an upper bound
+    on a metric where less is better, a lower bound on one where more is."""
+
     max_accuracy_drop: float = Field(0.01, ge=0, le=1)
     latency_p95_ms: float | None = Field(None, gt=0)
     size_kb: float | None = Field(None, gt=0)
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> ConstraintsConfig:
+        for name, value in (self.model_extra or {}).items():
+            metric = METRICS.get(name)
+            if metric is None or not metric.direction or name in CONFIRMATION_METRICS \
+                    or name == "accuracy_drop":
+                raise ValueError(f"{name}: not a metric a limit can be put on (one of "
+                                 f"{', '.join(limitable_metrics())})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}: must be a number, got {value!r}")
+        return self
+
+    def limits(self) -> dict[str, float]:
+        """Every metric limit (not the accuracy band), by metric name."""
+        found = {"latency_p95_ms": self.latency_p95_ms, "size_kb": self.size_kb,
+                 **{k: float(v) for k, v in (self.model_extra or {}).items()}}
+        return {name: float(v) for name, v in found.items() if v is not None}
 
 
 class WeightOnlyConfig(_Strict):
@@ -342,12 +414,29 @@ class TrackingConfig(_Strict):
                                                           "locked), skip it this long, then retry")
 
 
+def _objectives(value: dict[str, str]) -> dict[str, str]:
+    if not 2 <= len(value) <= 4:
+        raise ValueError(f"name 2 to 4 objectives, not {len(value)}")
+    for name in value:
+        metric = METRICS.get(name)
+        if metric is None or not metric.direction or name in CONFIRMATION_METRICS \
+                or name == "accuracy_drop":
+            raise ValueError(f"{name}: not a measured metric (one of "
+                             f"{', '.join(limitable_metrics())})")
+    return value
+
+
+Objectives = Annotated[dict[str, Literal["min", "max"]], AfterValidator(_objectives)]
+
+
 class StudyConfig(_Strict):
     """The whole experiment: what to search, on which device, under which constraints."""
 
     study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelConfig
     data: DataConfig
+    objectives: Objectives = Field(
+        dict(DEFAULT_OBJECTIVES), description="metric: min or max, 2 to 4 of them")
     device: DeviceConfig = DeviceConfig()
     constraints: ConstraintsConfig = ConstraintsConfig()
     quantization: QuantizationConfig = QuantizationConfig()
@@ -358,6 +447,24 @@ class StudyConfig(_Strict):
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
     base_dir: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _graph_only_knobs(self) -> StudyConfig:
+        if self.model.onnx is not None:
+            for key in ("pruning", "early_exit"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key}: needs the model's PyTorch code (model.factory); "
+                                     f"an ONNX model searches quantization and runtime "
+                                     f"options only")
+        return self
+
+    @property
+    def searches_pruning(self) -> bool:
+        return self.model.onnx is None
+
+    @property
+    def searches_exits(self) -> bool:
+        return self.model.onnx is None and self.early_exit.enabled
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -381,7 +488,8 @@ def parse_config(data: object, source: str, base_dir: Path) -> StudyConfig:
     try:
         return StudyConfig.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
-        problems = [f"{source}: {_location(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        problems = [f"{source}: {_location(e['loc'])}: {_describe(e)}" if e["loc"]
+                    else f"{source}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more; run "
                                          f"'paretoedge validate {source}')"
                                          if len(problems) > 1 else ""), problems) from exc

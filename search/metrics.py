@@ -4,6 +4,8 @@ that MLflow filters and ``--where`` can use them. The objectives are named here 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from device_agents.metric_names import MEASURED, MetricName
 
 _KNOBS_AND_FACTS: tuple[MetricName, ...] = (
@@ -38,10 +40,21 @@ METRICS: dict[str, MetricName] = {m.name: m for m in (*MEASURED, *_KNOBS_AND_FAC
 CONFIRMATION_METRICS: tuple[str, ...] = (
     "test_accuracy", "test_accuracy_drop", "confirmed_latency_p50_ms", "confirmed_latency_p95_ms",
     "confirmed_latency_mean_ms", "confirmed_speedup_p50", "confirmed_speedup_p95")
-#: The objectives of every study: (metric, Optuna direction).
+#: The objectives of a study that names none (``objectives:`` in the config).
+DEFAULT_OBJECTIVES: tuple[tuple[str, Literal["min", "max"]], ...] = (
+    ("accuracy", "max"), ("latency_p95_ms", "min"), ("size_kb", "min"))
+#: The default objectives as (metric, Optuna direction).
 OBJECTIVES: tuple[tuple[str, str], ...] = tuple(
-    (name, "maximize" if METRICS[name].direction == "max" else "minimize")
-    for name in ("accuracy", "latency_p95_ms", "size_kb"))
+    (name, "maximize" if direction == "max" else "minimize")
+    for name, direction in DEFAULT_OBJECTIVES)
+
+
+def limitable_metrics() -> list[str]:
+    """The metrics an objective or a limit may name: measured during the search, with a
+    direction (not the confirmation's, not per exit)."""
+    return [m.name for m in METRICS.values()
+            if m.direction and not m.per_index and m.name not in CONFIRMATION_METRICS
+            and m.name != "accuracy_drop"]
 
 
 def is_known_metric(name: str) -> bool:

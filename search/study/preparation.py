@@ -57,7 +57,7 @@ def load_data(config: StudyConfig) -> DataSplits:
 
 
 def finetune_settings(config: StudyConfig) -> FinetuneSettings:
-    f, t = config.pruning.finetune, config.model.train
+    f, t = config.pruning.finetune, config.model.train_settings
     return FinetuneSettings(
         epochs=f.epochs, steps=f.steps or 0, train_subset=f.train_subset or 0, lr=f.lr,
         weight_decay=t.weight_decay, batch_size=f.batch_size or t.batch_size,
@@ -97,7 +97,7 @@ def search_space(config: StudyConfig, builder: Builder) -> SearchSpace:
 
 def exit_head_spec(config: StudyConfig) -> ExitHeadSpec:
     """The retrofitted heads of ``early_exit.after`` (training settings from ``model.train``)."""
-    e, t = config.early_exit, config.model.train
+    e, t = config.early_exit, config.model.train_settings
     assert e.after is not None
     h = e.heads
     return ExitHeadSpec(after=tuple(e.after), hidden=h.hidden, training=h.training,
@@ -117,7 +117,9 @@ def torch_model_spec(config: StudyConfig) -> TorchModelSpec:
     the torch model and its layer groups."""
     from spaces.torch_model.preparation import TorchModelSpec
 
-    t, e = config.model.train, config.early_exit
+    t, e = config.model.train_settings, config.early_exit
+    if config.model.factory is None:
+        raise ConfigError("model.factory: a torch model needs its factory")
     return TorchModelSpec(
         factory=config.model.factory, base_dir=config.base_dir,
         train=TrainSettings(epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
