@@ -28,6 +28,7 @@ from device_agents.errors import (
 )
 from device_agents.eval_set import EvalSet, EvalSetPayload
 from device_agents.protocol import (
+    AgentActivity,
     BundleRef,
     Confirmation,
     ConfirmRequest,
@@ -39,6 +40,7 @@ from device_agents.protocol import (
 )
 
 __all__ = [
+    "AgentActivity",
     "BundleError",
     "BundleIntegrityError",
     "BundleManifest",

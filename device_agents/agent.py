@@ -22,7 +22,13 @@ from device_agents.errors import EvalSetError, MeasurementError
 from device_agents.eval_set import EvalSet, EvalSetPayload
 from device_agents.measure import confirm_bundles, device_fingerprint, measure_bundle
 from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers
-from device_agents.protocol import Confirmation, ConfirmRequest, Measurement, MeasureRequest
+from device_agents.protocol import (
+    AgentActivity,
+    Confirmation,
+    ConfirmRequest,
+    Measurement,
+    MeasureRequest,
+)
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -103,6 +109,8 @@ class LocalDeviceAgent:
         self.bundle_fetches = 0
         self.started = time.time()
         self.last_heartbeat = self.started
+        #: (bundle digest, trial number, monotonic start) of the job being measured
+        self._current: tuple[str, int | None, float] | None = None
 
     def eval_set_path(self, digest: str,
                       payload: EvalSetPayload | ObjectRef[EvalSetPayload]) -> Path:
@@ -145,25 +153,41 @@ class LocalDeviceAgent:
             loaded.materialize(self.cache_dir / "bundles")
         return directory
 
+    def activity(self) -> AgentActivity | None:
+        """The job being measured now and for how long (None when idle); answered while a
+        measurement runs."""
+        current = self._current
+        if current is None:
+            return None
+        digest, trial, since = current
+        return AgentActivity(digest, trial, time.monotonic() - since)
+
     def measure(self, request: MeasureRequest) -> Measurement:
         with self._lock:  # one measurement at a time: they would disturb each other's latency
-            started = time.perf_counter()
-            self.last_heartbeat = time.time()
-            directory = self.bundle_dir(request)
-            if self.isolate:
-                eval_path = self.eval_set_path(request.eval_set_digest, request.eval_set)
-                measurement = self._run_in_child({
-                    "kind": "measure", "directory": str(directory),
-                    "eval_set": str(eval_path), "protocol": request.protocol.to_dict(),
-                    "digest": request.bundle_digest}, Measurement)
-            else:
-                eval_set = self.eval_set(request.eval_set_digest, request.eval_set)
-                measurement = measure_bundle(directory, eval_set, request.protocol,
-                                             expected_digest=request.bundle_digest,
-                                             providers=self.providers, agent_id=self.agent_id)
-            self.measurements += 1
-            self.last_heartbeat = time.time()
-            return replace(measurement, agent_s=time.perf_counter() - started)
+            self._current = (request.bundle_digest, request.trial_number, time.monotonic())
+            try:
+                return self._measure(request)
+            finally:
+                self._current = None
+
+    def _measure(self, request: MeasureRequest) -> Measurement:
+        started = time.perf_counter()
+        self.last_heartbeat = time.time()
+        directory = self.bundle_dir(request)
+        if self.isolate:
+            eval_path = self.eval_set_path(request.eval_set_digest, request.eval_set)
+            measurement = self._run_in_child({
+                "kind": "measure", "directory": str(directory),
+                "eval_set": str(eval_path), "protocol": request.protocol.to_dict(),
+                "digest": request.bundle_digest}, Measurement)
+        else:
+            eval_set = self.eval_set(request.eval_set_digest, request.eval_set)
+            measurement = measure_bundle(directory, eval_set, request.protocol,
+                                         expected_digest=request.bundle_digest,
+                                         providers=self.providers, agent_id=self.agent_id)
+        self.measurements += 1
+        self.last_heartbeat = time.time()
+        return replace(measurement, agent_s=time.perf_counter() - started)
 
     def confirm(self, request: ConfirmRequest) -> Confirmation:
         """Time the request's bundles interleaved in rounds in one fresh measuring process

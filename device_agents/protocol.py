@@ -98,6 +98,22 @@ class MeasureRequest:
 
 
 @dataclass(frozen=True)
+class AgentActivity:
+    """What an agent is measuring now, as it says itself: the bundle, the trial, and for how
+    long (its own clock: no skew between machines). A job's timeout counts from here, not
+    from its submission (it may wait behind another study's measurement, or for its payload).
+    """
+
+    bundle_digest: str
+    trial_number: int | None
+    seconds: float
+
+    def is_measuring(self, request: MeasureRequest) -> bool:
+        return (self.bundle_digest == request.bundle_digest
+                and self.trial_number == request.trial_number)
+
+
+@dataclass(frozen=True)
 class PercentileCI:
     """The distribution-free 95 % confidence interval of one latency percentile, ms.
 

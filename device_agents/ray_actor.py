@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from device_agents.agent import LocalDeviceAgent
 from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers
-from device_agents.protocol import Confirmation, ConfirmRequest, Measurement, MeasureRequest
+from device_agents.protocol import (
+    AgentActivity,
+    Confirmation,
+    ConfirmRequest,
+    Measurement,
+    MeasureRequest,
+)
 from device_agents.registry import (
     AGENT_NAMESPACE,
     DEVICE_LABEL,
@@ -26,8 +32,8 @@ __all__ = ["AGENT_NAMESPACE", "DEVICE_LABEL", "AgentHandle", "DeviceAgentActor",
            "device_resource", "remote_agent_class", "resolve_cores"]
 
 #: Concurrent calls an agent actor accepts: ``measure`` and ``confirm`` hold a lock (one
-#: measurement at a time), so the others are ``ping`` and ``info``, answered while a
-#: measurement runs.
+#: measurement at a time), so the others are ``ping``, ``info`` and ``activity``, answered
+#: while a measurement runs.
 MAX_CONCURRENCY = 4
 #: The actor class's options: no restarts by Ray (the study or ``agent start`` recreates a dead
 #: agent under a new name), and ``MAX_CONCURRENCY`` calls at a time.
@@ -73,6 +79,10 @@ class DeviceAgentActor:
         context = ray.get_runtime_context()
         return {**self._agent.info(), "node_id": context.get_node_id(),
                 "pinned": self._pinned, "actor_name": context.get_actor_name() or ""}
+
+    def activity(self) -> AgentActivity | None:
+        """What it is measuring now and for how long (the pool's timeout counts from here)."""
+        return self._agent.activity()
 
     def ping(self) -> str:
         self._agent.heartbeat()

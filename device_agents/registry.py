@@ -21,7 +21,13 @@ if TYPE_CHECKING:
     from ray import ObjectRef
     from ray.actor import ActorHandle
 
-    from device_agents.protocol import Confirmation, ConfirmRequest, Measurement, MeasureRequest
+    from device_agents.protocol import (
+        AgentActivity,
+        Confirmation,
+        ConfirmRequest,
+        Measurement,
+        MeasureRequest,
+    )
 
 #: Ray namespace of every agent actor.
 AGENT_NAMESPACE = "paretoedge"
@@ -78,6 +84,9 @@ class AgentHandle(Protocol):
 
     @property
     def ping(self) -> RemoteCall[str]: ...
+
+    @property
+    def activity(self) -> RemoteCall[AgentActivity | None]: ...
 
 
 def device_resource(device_class: str) -> str:

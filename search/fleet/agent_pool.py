@@ -40,8 +40,16 @@ AGENT_LOST = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "NodeD
               "OwnerDiedError")
 
 
+#: How long the pool waits for an agent to say what it is measuring before it judges a job
+#: that is past its timeout hung.
+ACTIVITY_TIMEOUT_S = 5.0
+
+
 @dataclass
 class _Job:
+    """A measurement in flight. ``started``: when it was submitted, then (once past the
+    timeout) when its agent says it started measuring it."""
+
     key: int
     request: MeasureRequest
     agent: KnownAgent | None
@@ -333,13 +341,30 @@ class RayAgentPool:
                     cause = getattr(exc, "cause", None) or exc
                     done.append(Completed(job.key, None, f"{type(cause).__name__}: {cause}",
                                           agent_id=job.agent.agent_id, attempts=job.attempts))
-        now = time.monotonic()
         for job in list(self._busy.values()):
-            if job.agent is not None and now - job.started > self.timeout_s:
-                self._lost(job.agent, f"timed out (hung for more than {self.timeout_s:.0f} s)",
-                           True)
+            if job.agent is not None and time.monotonic() - job.started > self.timeout_s:
+                job.started = self._measuring_since(job)
+                if time.monotonic() - job.started > self.timeout_s:
+                    self._lost(job.agent, f"timed out (measuring one bundle for more than "
+                                          f"{self.timeout_s:.0f} s)", True)
         done.extend(self._take_orphans())
         return done
+
+    def _measuring_since(self, job: _Job) -> float:
+        """When ``job``'s agent started measuring it, as the agent says: now when it is busy
+        with another job (this one waits behind it: a shared agent) or already done with it
+        (its result is on the way); the submission time when the agent does not answer."""
+        import ray
+
+        assert job.agent is not None
+        try:
+            activity = ray.get(job.agent.handle.activity.remote(), timeout=ACTIVITY_TIMEOUT_S)
+        except Exception:  # silent, or an agent too old to say: judge by the submission
+            return job.started
+        now = time.monotonic()
+        if activity is not None and activity.is_measuring(job.request):
+            return now - float(activity.seconds)
+        return now
 
     def _take_orphans(self) -> list[Completed]:
         done, self._orphans = self._orphans, []

@@ -176,3 +176,60 @@ def test_results_that_finished_during_a_long_build_are_all_kept(
         assert {a["agent_id"] for a in pool.agents} == agents  # nobody was removed
     finally:
         pool.close()
+
+
+def test_a_job_waiting_behind_another_measurement_is_not_judged_hung(
+        ray_cluster, tmp_path, eval_payload, matmul_bundle) -> None:
+    """The agent is busy with a measurement that is not the pool's (another study sharing it)
+    for longer than the pool's timeout: the pool's job waits its turn, its clock starts when
+    the agent says it started measuring it, and the agent is kept."""
+    import ray
+
+    payload = matmul_bundle(tmp_path / "b")
+    pool = RayAgentPool.start_local("local", 1, cache_dir=str(tmp_path / "agents"),
+                                    timeout_s=2.0, retries=0)
+    try:
+        ref = pool.share(eval_payload)
+        quick = MeasurementProtocol(warmup_runs=5, warmup_seconds=0, min_runs=20, max_runs=100,
+                                    round_runs=10)
+        slow = MeasurementProtocol(warmup_runs=5, warmup_seconds=0, min_runs=20,
+                                   max_runs=10_000_000, round_runs=10, min_seconds=5.0,
+                                   max_seconds=5.0)
+        agent = pool._roster.agents[0]  # the other study's request goes straight to the actor
+        other = agent.handle.measure.remote(request(payload, eval_payload, ref, slow, 99))
+        deadline = time.monotonic() + 60
+        while ray.get(agent.handle.activity.remote()) is None:
+            assert time.monotonic() < deadline, "the other measurement never started"
+            time.sleep(0.1)
+        pool.submit(1, request(payload, eval_payload, ref, quick, 1))
+        done: list = []
+        deadline = time.monotonic() + 120
+        while not done and time.monotonic() < deadline:
+            done = pool.poll(timeout=0.5)
+        assert [c.key for c in done] == [1]
+        assert done[0].measurement is not None and done[0].error is None
+        assert [a["agent_id"] for a in pool.agents] == [agent.agent_id]  # not removed
+        assert ray.get(other).latency.n > 0
+    finally:
+        pool.close()
+
+
+def test_a_job_its_agent_measures_past_the_timeout_is_judged_hung_by_the_agents_clock(
+        ray_cluster, tmp_path, eval_payload, matmul_bundle) -> None:
+    payload = matmul_bundle(tmp_path / "b")
+    pool = RayAgentPool.start_local("local", 1, cache_dir=str(tmp_path / "agents"),
+                                    timeout_s=2.0, retries=0)
+    try:
+        ref = pool.share(eval_payload)
+        slow = MeasurementProtocol(warmup_runs=5, warmup_seconds=0, min_runs=20,
+                                   max_runs=10_000_000, round_runs=10, min_seconds=30.0,
+                                   max_seconds=30.0)
+        pool.submit(1, request(payload, eval_payload, ref, slow, 1))
+        done: list = []
+        deadline = time.monotonic() + 60
+        while not done and time.monotonic() < deadline:
+            done = pool.poll(timeout=0.5)
+        assert len(done) == 1 and done[0].measurement is None
+        assert "measuring one bundle for more than 2 s" in done[0].error
+    finally:
+        pool.close()
