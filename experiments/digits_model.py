@@ -1,29 +1,44 @@
 """The embedded default: scikit-learn's 8x8 digits and a small CNN with two early exits.
 
 Referenced by ``digits.yaml`` as ``digits_model.py:build_model`` and ``digits_model.py:load_data``.
-Needs no download: ``load_digits`` ships inside scikit-learn.
+Needs no download: ``load_digits`` ships inside scikit-learn. Torch is imported by the model
+functions only, so that ``load_data`` serves an ONNX-only study too (``digits_onnx.yaml``).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from torch import nn
 
 from device_agents import Preprocessing
-from spaces import DataSplits, StagedModel
+from spaces import DataSplits
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from spaces import StagedModel
 
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    from torch import nn
+
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
             nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
 def _head(channels: int, classes: int) -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
 
 
 def build_model(width: int = 64, classes: int = 10) -> StagedModel:
     """Three stages (8x8 -> 8x8 -> 4x4 -> 2x2), an exit head after each."""
+    from torch import nn
+
+    from spaces import StagedModel
+
     w = width
     stages = [
         nn.Sequential(*_block(1, w), *_block(w, w)),

@@ -159,3 +159,15 @@ def test_no_import_cycles(package: str) -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_run_path_of_an_onnx_model_imports_no_torch() -> None:
+    # model.onnx: what `paretoedge run` imports to prepare and build (the study loop, the
+    # graph-only builder, the example data loader) loads no torch
+    loaded = _modules_after(
+        "import search.study.runner, search.study.sensitivity, search.fleet.study_pool, "
+        "spaces.onnx_graph.preparation, spaces.onnx_graph.builder\n"
+        "from pathlib import Path\n"
+        "from spaces import load_reference\n"
+        f"load_reference('digits_model.py:load_data', Path({str(ROOT / 'experiments')!r}))")
+    assert not {m for m in loaded if m.split(".")[0] in TORCH}

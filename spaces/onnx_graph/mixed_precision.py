@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from spaces.onnx_graph.quantize import (
 from spaces.onnx_graph.weight_only import gemm_to_matmul, quantize_matmul_nbits, store_fp16
 from spaces.precisions import WEIGHT_ONLY_BITS
 from spaces.settings import QuantSettings
+
+#: The group of every node of a graph, by node name (None: no group, kept in float).
+NodeAssigner = Callable[[Iterable[Any]], dict[str, str | None]]
 
 
 def runtime_disabled_optimizers(precisions: Sequence[str]) -> tuple[str, ...]:
@@ -46,18 +50,26 @@ def _nodes_at(model, assignment: Mapping[str, str | None], precisions: Mapping[s
 def quantize_graph(source: Path, target: Path, *, precisions: Mapping[str, str],
                    groups: LayerGroups, kind: int, num_stages: int,
                    calibration: np.ndarray, settings: QuantSettings,
-                   input_name: str = "input") -> dict[str, str | None]:
+                   input_name: str = "input",
+                   assign: NodeAssigner | None = None) -> dict[str, str | None]:
     """Write ``source`` with each group at its precision to ``target``.
 
     ``precisions`` maps group names to precisions; ``kind`` is the graph kind of
     :func:`~spaces.layer_groups.model_path`; ``calibration`` holds this graph's inputs (for a
     cascade stage, what the previous stage outputs). Returns the group of every node before
-    int8 quantization, by node name (for reports and tests).
+    int8 quantization, by node name (for reports and tests). ``assign`` maps nodes onto the
+    groups (default: through the torch exporter's scope names,
+    :func:`~spaces.onnx_graph.node_groups.assign_nodes`; a graph given as a file has its own,
+    :meth:`~spaces.onnx_graph.graph_groups.GraphGroups.assign`).
     """
     import onnx
 
+    def by_scope(nodes: Iterable[Any]) -> dict[str, str | None]:
+        return assign_nodes(nodes, groups, kind=kind, num_stages=num_stages)
+
+    assign = assign or by_scope
     model = onnx.load(str(source))
-    assignment = assign_nodes(model.graph.node, groups, kind=kind, num_stages=num_stages)
+    assignment = assign(model.graph.node)
     used = {precisions.get(g, "fp32") for g in assignment.values() if g is not None}
     if used <= {"fp32"}:
         shutil.copyfile(source, target)
@@ -67,7 +79,7 @@ def quantize_graph(source: Path, target: Path, *, precisions: Mapping[str, str],
         # the MatMul and Add that replace a Gemm keep its scope, hence its group
         gemm_to_matmul(model, set(_nodes_at(model, assignment, precisions, WEIGHT_ONLY_BITS,
                                             ("Gemm",))))
-        assignment = assign_nodes(model.graph.node, groups, kind=kind, num_stages=num_stages)
+        assignment = assign(model.graph.node)
     weight_only = {p: _nodes_at(model, assignment, precisions, (p,), ("MatMul",))
                    for p in WEIGHT_ONLY_BITS}
     if "int8" in used:
