@@ -500,11 +500,20 @@ def load_config(path: Path | str) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise ConfigError(f"{path}: a binary file, not a YAML config")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start}); save the config as UTF-8") from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") \
-            from exc
+        problem = (str(getattr(exc, "problem", None) or exc).strip()
+                   or type(exc).__name__).splitlines()[0]
+        raise ConfigError(f"{path}:{where} not valid YAML ({problem})") from exc
     return parse_config(data, str(path), path.resolve().parent)

@@ -1,6 +1,7 @@
 """Every metric name of a trial, with its direction and unit: what the device measured
 (:mod:`device_agents.metric_names`) plus the knobs and build facts the study logs as metrics so
-that MLflow filters and ``--where`` can use them. The objectives are named here too."""
+that MLflow filters and ``--where`` can use them. The default objectives are named here too (a
+study's own are :class:`search.objective_set.ObjectiveSet`)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,6 @@ CONFIRMATION_METRICS: tuple[str, ...] = (
 #: The objectives of a study that names none (``objectives:`` in the config).
 DEFAULT_OBJECTIVES: tuple[tuple[str, Literal["min", "max"]], ...] = (
     ("accuracy", "max"), ("latency_p95_ms", "min"), ("size_kb", "min"))
-#: The default objectives as (metric, Optuna direction).
-OBJECTIVES: tuple[tuple[str, str], ...] = tuple(
-    (name, "maximize" if direction == "max" else "minimize")
-    for name, direction in DEFAULT_OBJECTIVES)
 
 
 def limitable_metrics() -> list[str]:

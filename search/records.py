@@ -7,11 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.metrics import OBJECTIVES
-
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
+
+    from search.objective_set import ObjectiveSet
 
 #: ``fail_reason`` of a trial the driver did not finish (Ctrl-C, SIGKILL): it runs again.
 INTERRUPTED = "interrupted"
@@ -68,8 +68,9 @@ class TrialRecord:
             return False
         return self.complete or (self.state == "FAIL" and not self.interrupted)
 
-    def objective_values(self) -> tuple[float, ...]:
-        return tuple(float(self.metrics[name]) for name, _ in OBJECTIVES)
+    def objective_values(self, objectives: ObjectiveSet) -> tuple[float, ...]:
+        """The values of the study's ``objectives``, in their order."""
+        return objectives.values(self.metrics)
 
     def bundle_path(self, workdir: Path) -> Path | None:
         return (Path(workdir) / self.bundle) if self.bundle else None

@@ -38,7 +38,12 @@ from spaces.settings import (
 )
 
 if TYPE_CHECKING:
-    from spaces.torch_model.baseline import TrainedModel, build_untrained, train_or_load_baseline
+    from spaces.torch_model.baseline import (
+        TrainedModel,
+        build_untrained,
+        given_baseline,
+        train_or_load_baseline,
+    )
     from spaces.torch_model.builder import TorchBuilder
     from spaces.torch_model.exit_heads import retrofit_exits
     from spaces.torch_model.model_split import split_model
@@ -49,6 +54,7 @@ _TORCH_SIDE = {
     "TrainedModel": "spaces.torch_model.baseline",
     "build_untrained": "spaces.torch_model.baseline",
     "train_or_load_baseline": "spaces.torch_model.baseline",
+    "given_baseline": "spaces.torch_model.baseline",
     "retrofit_exits": "spaces.torch_model.exit_heads",
     "split_model": "spaces.torch_model.model_split",
     "StagedModel": "spaces.torch_model.staged_model",
@@ -83,6 +89,7 @@ __all__ = [
     "TrainedModel",
     "as_staged",
     "build_untrained",
+    "given_baseline",
     "load_reference",
     "retrofit_exits",
     "split_model",

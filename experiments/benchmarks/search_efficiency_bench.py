@@ -26,7 +26,7 @@ from bench_common import ROOT, console, table, write_json
 from device_agents import BundlePayload, EvalSetPayload, LocalDeviceAgent, MeasureRequest
 from device_agents.protocol import MeasurementProtocol
 from search.config import load_config
-from search.metrics import OBJECTIVES
+from search.objective_set import ObjectiveSet
 from search.records import TrialRecord
 from search.results.pareto import ParetoFront
 from search.study.objectives import constraint_values, objective_values
@@ -121,7 +121,7 @@ def records_for(measured: dict[str, dict], baseline: Candidate,
 
 
 def replay(sampler: str, seed: int, budget: int, space: Any, records: dict[str, TrialRecord],
-           base_acc: float, max_drop: float) -> list[float]:
+           base_acc: float, max_drop: float, objectives: ObjectiveSet) -> list[float]:
     """Hypervolume after each measurement of one search that replays the measured values.
 
     As in ``paretoedge run``, a candidate that repeats a measured one reuses its values: it is
@@ -132,7 +132,7 @@ def replay(sampler: str, seed: int, budget: int, space: Any, records: dict[str, 
     from search.study.runner import EXHAUSTED_AFTER_REPEATS
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(directions=[d for _, d in OBJECTIVES],
+    study = optuna.create_study(directions=list(objectives.directions),
                                 sampler=make_sampler(sampler, seed, budget))
     study.enqueue_trial(space.baseline_params())
     seen: dict[str, TrialRecord] = {}
@@ -145,7 +145,7 @@ def replay(sampler: str, seed: int, budget: int, space: Any, records: dict[str, 
         for name, value in constraint_values(record.metrics, baseline_accuracy=base_acc,
                                              max_accuracy_drop=max_drop).items():
             trial.set_constraint(name, value)
-        study.tell(trial, objective_values(record.metrics))
+        study.tell(trial, objective_values(record.metrics, objectives))
         if key in seen:
             repeats += 1
             continue
@@ -153,7 +153,8 @@ def replay(sampler: str, seed: int, budget: int, space: Any, records: dict[str, 
         seen[key] = TrialRecord(number=len(seen), state="COMPLETE", candidate=record.candidate,
                                 metrics=record.metrics, feasible=record.feasible,
                                 baseline=not seen, bundle=None, bundle_digest=None)
-        curve.append(ParetoFront.from_records(list(seen.values()), max_drop).hypervolume())
+        curve.append(ParetoFront.from_records(list(seen.values()), max_drop,
+                                              objectives=objectives).hypervolume())
     return curve + [curve[-1]] * (budget - len(curve))  # an exhausted space stays where it is
 
 
@@ -175,14 +176,17 @@ def main() -> None:
     max_drop = config.constraints.max_accuracy_drop
     records = records_for(measured, baseline, max_drop)
     base_acc = measured[candidate_key(baseline)]["accuracy"]
-    exhaustive = ParetoFront.from_records(list(records.values()), max_drop)
+    objectives = ObjectiveSet.of(config.objectives)  # the config's (default: the defaults)
+    exhaustive = ParetoFront.from_records(list(records.values()), max_drop,
+                                          objectives=objectives)
     limit = exhaustive.hypervolume()
     size = len(records)
     prepared_space = prepare(config, args.workdir / "cache").space
     checkpoints = sorted({max(2, size // 8), max(2, size // 4), max(2, size // 2), size})
     rows, results = [], {}
     for sampler in ("tpe", "random", "nsga2"):
-        curves = [replay(sampler, seed, size, prepared_space, records, base_acc, max_drop)
+        curves = [replay(sampler, seed, size, prepared_space, records, base_acc, max_drop,
+                         objectives)
                   for seed in range(args.seeds)]
         needed = [next((i + 1 for i, hv in enumerate(c) if hv >= 0.95 * limit), None)
                   for c in curves]

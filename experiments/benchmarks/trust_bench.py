@@ -144,6 +144,7 @@ def main() -> None:
         os.sched_setaffinity(0, {args.core})
 
     from search.config import StudyConfig
+    from search.objective_set import ObjectiveSet
     from search.results.pareto import ParetoFront
     from search.study.preparation import load_data
     from search.workspace import Workspace, load_records
@@ -151,7 +152,8 @@ def main() -> None:
     workspace = Workspace(args.workdir.resolve(), args.study)
     records, attrs = load_records(workspace)
     config = StudyConfig.model_validate({**attrs["config"], "base_dir": attrs["config_dir"]})
-    front = ParetoFront.from_records(records, float(attrs.get("max_accuracy_drop", 0.01)))
+    front = ParetoFront.from_records(records, float(attrs.get("max_accuracy_drop", 0.01)),
+                                     objectives=ObjectiveSet.of_study(attrs))
     chosen = [front.baseline, *(r for r in front.members if not r.baseline)]
     test = load_data(config).test_set()
     bundles = {r.number: r.bundle_path(workspace.workdir) for r in chosen}

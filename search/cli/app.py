@@ -154,7 +154,8 @@ def run(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
     console.print(front_table(list(summary.front.members), summary.front.baseline,
                               f"Feasible Pareto front of {cfg.study} ({len(summary.front.members)}"
                               f" of {summary.completed} completed trials; {summary.failed} "
-                              f"failed; accuracy band {cfg.constraints.max_accuracy_drop:g})"))
+                              f"failed; accuracy band {cfg.constraints.max_accuracy_drop:g})",
+                              summary.front.objectives))
     console.print(f"hypervolume {summary.front.hypervolume():.4f}; stopped: "
                   f"{summary.stop_reason}. Query it: paretoedge best {cfg.study} --workdir "
                   f"{workdir} --where 'latency_p95_ms < X' --maximize accuracy")
@@ -182,6 +183,7 @@ def confirm_command(study: Annotated[str, typer.Argument(help="Study name.")],
                         min=10)] = None) -> None:
     """Re-time the baseline and every front member on one agent, interleaved in rounds in one
     process, and evaluate them on the held-out test split; print the confirmed front."""
+    from search.objective_set import ObjectiveSet
     from search.results.front_table import front_table
     from search.results.pareto import ParetoFront
     from search.study.confirmation import confirm_stored_study
@@ -194,10 +196,13 @@ def confirm_command(study: Annotated[str, typer.Argument(help="Study name.")],
         from search.tracking.mlflow_sync import sync_study
 
         console.print(f"MLflow: {sync_study(workspace.workdir, study).describe()}")
-    result = ParetoFront.from_records(records, config.constraints.max_accuracy_drop)
+    # config.objectives: the ones stored with the study (confirm_stored_study)
+    result = ParetoFront.from_records(records, config.constraints.max_accuracy_drop,
+                                      objectives=ObjectiveSet.of(config.objectives))
     console.print(front_table(list(result.members), result.baseline,
                               f"Confirmed front of {study} ({settings.rounds} interleaved rounds "
-                              f"x {settings.runs_per_round} runs; test split)"))
+                              f"x {settings.runs_per_round} runs; test split)",
+                              result.objectives))
 
 
 @app.command()
@@ -235,21 +240,25 @@ def front(study: Annotated[str, typer.Argument(help="Study name.")],
           workdir: WorkdirOption = Path("runs"),
           format: Annotated[Format, typer.Option("--format")] = Format.table,
           include_contended: IncludeContendedOption = False) -> None:
-    """Print the feasible Pareto front of a study with every metric."""
+    """Print the feasible Pareto front of a study (under the objectives it was searched with)
+    with every metric."""
+    from search.objective_set import ObjectiveSet
     from search.results.front_table import front_table, records_csv, records_json
     from search.results.pareto import ParetoFront
     from search.workspace import Workspace, load_records
 
     records, attrs = load_records(Workspace(workdir.resolve(), study))
     result = ParetoFront.from_records(records, float(attrs.get("max_accuracy_drop", 0.01)),
-                                      include_contended=include_contended)
+                                      include_contended=include_contended,
+                                      objectives=ObjectiveSet.of_study(attrs))
     members = list(result.members)
     if format is Format.json:
         sys.stdout.write(records_json(members) + "\n")
     elif format is Format.csv:
         sys.stdout.write(records_csv(members))
     else:
-        console.print(front_table(members, result.baseline, f"Feasible Pareto front of {study}"))
+        console.print(front_table(members, result.baseline, f"Feasible Pareto front of {study}",
+                                  result.objectives))
 
 
 @app.command()
@@ -270,8 +279,9 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
          include_contended: IncludeContendedOption = False) -> None:
     """The best feasible trial under a constraint, and its bundle.
 
-    Ties on the objective go to lower p95 latency, then smaller size, then higher accuracy,
-    then the earlier trial. Exit 1 when nothing qualifies.
+    Ties on the objective go along the study's objectives, accuracy last (for the defaults:
+    lower p95 latency, then smaller size, then higher accuracy), then the earlier trial. Exit 1
+    when nothing qualifies.
     """
     from search.cli.lookup import best as best_in_study
     from search.results.front_table import front_table
@@ -292,7 +302,7 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
 
         sys.stdout.write(records_csv([chosen]))
         return
-    console.print(front_table([chosen], baseline, f"Best trial of {study}"))
+    console.print(front_table([chosen], baseline, f"Best trial of {study}", answer.objectives))
     console.print(f"bundle: {bundle}")
     if exported:
         console.print(f"exported to: {exported}")

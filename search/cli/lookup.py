@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from search.records import TrialRecord
+
+if TYPE_CHECKING:
+    from search.objective_set import ObjectiveSet
 
 Source = Literal["optuna", "mlflow"]
 
@@ -28,6 +31,8 @@ class BestTrial:
     record: TrialRecord
     bundle_path: Path | None
     baseline: TrialRecord | None = None
+    #: the objectives the study was searched with (ties are broken along them)
+    objectives: ObjectiveSet | None = None
 
     def export(self, directory: Path | str) -> Path:
         """Copy the bundle (verified) into ``directory`` with a README on how to run it."""
@@ -75,9 +80,12 @@ def best(study: str, *, workdir: Path | str = "runs", where: str | None = None,
     for name in (maximize, minimize):
         if name is not None:
             check_metric(name, "--maximize" if name == maximize else "--minimize")
-    records, _ = study_records(study, workdir, source)
+    from search.objective_set import ObjectiveSet
+
+    records, attrs = study_records(study, workdir, source)
     chosen = best_of(records, where=where, maximize=maximize, minimize=minimize,
-                     include_contended=include_contended,
-                     device_class=device_class)
+                     include_contended=include_contended, device_class=device_class,
+                     objectives=ObjectiveSet.of_study(attrs))
     baseline = next((r for r in records if r.baseline and r.complete), None)
-    return BestTrial(study, chosen, chosen.bundle_path(Path(workdir).resolve()), baseline)
+    return BestTrial(study, chosen, chosen.bundle_path(Path(workdir).resolve()), baseline,
+                     ObjectiveSet.of_study(attrs))

@@ -9,25 +9,40 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
+from search.metrics import METRICS
+from search.objective_set import ObjectiveSet
 from search.records import TrialRecord
 from spaces.candidate import candidate_label
 
 COLUMNS = ("accuracy", "accuracy_drop", "latency_p50_ms", "latency_p95_ms", "latency_mean_ms",
            "size_kb", "peak_mem_mb", "ece", "macs_m")
+#: The metrics every table shows; the study's other objectives get a column of their own.
+_SHOWN = ("accuracy", "accuracy_drop", "latency_p50_ms", "latency_p95_ms", "latency_mean_ms",
+          "size_kb")
+
+
+def _header(metric: str) -> str:
+    unit = METRICS[metric].unit if metric in METRICS else ""
+    return metric.removesuffix("_ms").removesuffix("_kb").removesuffix("_mb").removesuffix(
+        "_mj") + (f" {unit}" if unit else "")
 
 
 def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
-                title: str) -> Table:
-    """Trials with their main metrics. ``acc`` is the selection split's (what the search
-    decided with); once the study is confirmed, ``test acc`` is the held-out split's and the
-    speed-up is the confirmed one (the baseline and the trial timed in one process); before,
-    it is the ratio of the two search measurements, taken at different times."""
+                title: str, objectives: ObjectiveSet | None = None) -> Table:
+    """Trials with their main metrics, and a column for each of the study's ``objectives``
+    not among them (``peak_mem_mb``, ``energy_mj``, ...). ``acc`` is the selection split's
+    (what the search decided with); once the study is confirmed, ``test acc`` is the held-out
+    split's and the speed-up is the confirmed one (the baseline and the trial timed in one
+    process); before, it is the ratio of the two search measurements, taken at different
+    times."""
+    extra = [name for name in (objectives or ObjectiveSet.default()).names
+             if name not in _SHOWN]
     confirmed = any("confirmed_speedup_p95" in r.metrics for r in records)
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right", no_wrap=True)
     table.add_column("candidate", no_wrap=True)
     names = ["acc", "drop pp", *(["test acc", "test drop pp"] if confirmed else []),
-             "p50 ms", "p95 ms", "mean ms", "size KB",
+             "p50 ms", "p95 ms", "mean ms", "size KB", *(_header(n) for n in extra),
              "speed-up p95 (confirmed)" if confirmed else "speed-up p95"]
     for name in names:
         table.add_column(name, justify="right")
@@ -50,6 +65,7 @@ def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
                       f"{m.get('latency_p95_ms', nan):.4f}",
                       f"{m.get('latency_mean_ms', nan):.4f}",
                       f"{m.get('size_kb', nan):.1f}",
+                      *(f"{m.get(n, nan):.4g}" for n in extra),
                       f"{speedup:.2f}x")
     return table
 

@@ -1,37 +1,51 @@
-"""The feasible Pareto front and its hypervolume, relative to the fp32 baseline."""
+"""The feasible Pareto front and its hypervolume under a study's objectives, relative to the
+fp32 baseline."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from search.metrics import OBJECTIVES
+from search.objective_set import Objective, ObjectiveSet
 from search.records import TrialRecord
 
 
-def _losses(records: Sequence[TrialRecord]) -> np.ndarray:
+def _losses(records: Sequence[TrialRecord], objectives: ObjectiveSet) -> np.ndarray:
     """Objective values turned into losses (every objective minimised)."""
-    rows = []
-    for record in records:
-        values = record.objective_values()
-        rows.append([-v if direction == "maximize" else v
-                     for v, (_, direction) in zip(values, OBJECTIVES, strict=True)])
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(OBJECTIVES))
+    rows = [objectives.losses(record.metrics) for record in records]
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(objectives))
 
 
-def non_dominated(records: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """The records no other record dominates (ties on every objective are all kept)."""
+def non_dominated(records: Sequence[TrialRecord],
+                  objectives: ObjectiveSet | None = None) -> list[TrialRecord]:
+    """The records no other record dominates under ``objectives`` (default: the default
+    objectives); ties on every objective are all kept."""
     if not records:
         return []
-    losses = _losses(records)
+    losses = _losses(records, objectives or ObjectiveSet.default())
     keep = []
     for i in range(len(records)):
         dominated = np.any(np.all(losses <= losses[i], axis=1) & np.any(losses < losses[i], axis=1))
         if not dominated:
             keep.append(records[i])
     return keep
+
+
+def normalised(objective: Objective, value: float, base: float, band: float) -> float:
+    """One coordinate of the hypervolume: 1.0 is the reference point, smaller is better.
+
+    Accuracy (maximised) is the drop below the baseline over the accuracy band, so the
+    reference is the edge of the band; a metric that is minimised is the trial's value over the
+    baseline's, one that is maximised the baseline's over the trial's.
+    """
+    if objective.metric == "accuracy" and objective.direction == "max":
+        return (base - value) / band
+    tiny = 1e-12
+    if objective.direction == "min":
+        return value / max(base, tiny)
+    return base / max(value, tiny)
 
 
 @dataclass(frozen=True)
@@ -47,27 +61,36 @@ class ParetoFront:
     members: tuple[TrialRecord, ...]
     baseline: TrialRecord | None
     max_accuracy_drop: float
+    objectives: ObjectiveSet = field(default_factory=ObjectiveSet.default)
 
     @classmethod
     def from_records(cls, records: Sequence[TrialRecord], max_accuracy_drop: float = 0.01, *,
-                     include_contended: bool = False) -> ParetoFront:
+                     include_contended: bool = False,
+                     objectives: ObjectiveSet | None = None) -> ParetoFront:
+        """The front of ``records`` under ``objectives`` (default: the default objectives),
+        listed along the first latency objective (:attr:`ObjectiveSet.order_by`)."""
+        objectives = objectives or ObjectiveSet.default()
         # a reused trial repeats an earlier one's measurement: the original stands for both;
         # a contended measurement describes the contention, not the bundle
         feasible = [r for r in records
-                    if r.ranked(include_contended=include_contended) and not r.reused]
-        members = sorted(non_dominated(feasible), key=lambda r: r.metrics["latency_p95_ms"])
+                    if r.ranked(include_contended=include_contended) and not r.reused
+                    and not objectives.missing(r.metrics)]
+        members = sorted(non_dominated(feasible, objectives),
+                         key=lambda r: objectives.order_key(r.metrics))
         baseline = next((r for r in records if r.baseline and r.complete), None)
-        return cls(tuple(members), baseline, max_accuracy_drop)
+        return cls(tuple(members), baseline, max_accuracy_drop, objectives)
 
     @property
     def numbers(self) -> set[int]:
         return {r.number for r in self.members}
 
     def hypervolume(self) -> float:
-        """Volume dominated in (accuracy drop / band, p95 / baseline p95, size / baseline size).
+        """Volume dominated in the normalised objectives (:func:`normalised`: for the defaults,
+        accuracy drop / band, p95 / baseline p95, size / baseline size).
 
-        The reference point is the baseline's latency and size at the edge of the accuracy band,
-        so 0 means nothing beats the baseline and the value grows as the front improves.
+        The reference point is the baseline's value of every objective, accuracy at the edge of
+        the accuracy band, so 0 means nothing beats the baseline and the value grows as the
+        front improves.
         """
         if self.baseline is None or not self.members:
             return 0.0
@@ -75,10 +98,9 @@ class ParetoFront:
 
         base = self.baseline.metrics
         band = max(self.max_accuracy_drop, 1e-3)
-        points = np.asarray([[(base["accuracy"] - r.metrics["accuracy"]) / band,
-                              r.metrics["latency_p95_ms"] / base["latency_p95_ms"],
-                              r.metrics["size_kb"] / base["size_kb"]] for r in self.members])
-        reference = np.asarray([1.0, 1.0, 1.0])
+        points = np.asarray([[normalised(o, r.metrics[o.metric], base[o.metric], band)
+                              for o in self.objectives.objectives] for r in self.members])
+        reference = np.ones(len(self.objectives))
         inside = np.all(points < reference, axis=1)
         if not inside.any():
             return 0.0
@@ -108,26 +130,29 @@ class HypervolumeHistory:
         3
     """
 
-    def __init__(self, max_accuracy_drop: float = 0.01) -> None:
+    def __init__(self, max_accuracy_drop: float = 0.01,
+                 objectives: ObjectiveSet | None = None) -> None:
         self.max_accuracy_drop = max_accuracy_drop
+        self.objectives = objectives or ObjectiveSet.default()
         self.points: list[HypervolumePoint] = []
         self._front: list[TrialRecord] = []
         self._baseline: TrialRecord | None = None
 
     @classmethod
-    def replay(cls, records: Sequence[TrialRecord],
-               max_accuracy_drop: float = 0.01) -> HypervolumeHistory:
+    def replay(cls, records: Sequence[TrialRecord], max_accuracy_drop: float = 0.01,
+               objectives: ObjectiveSet | None = None) -> HypervolumeHistory:
         from search.records import finish_order
 
-        history = cls(max_accuracy_drop)
+        history = cls(max_accuracy_drop, objectives)
         for record in finish_order(records):
             history.add(record)
         return history
 
     @property
     def front(self) -> ParetoFront:
-        members = sorted(self._front, key=lambda r: r.metrics["latency_p95_ms"])
-        return ParetoFront(tuple(members), self._baseline, self.max_accuracy_drop)
+        members = sorted(self._front, key=lambda r: self.objectives.order_key(r.metrics))
+        return ParetoFront(tuple(members), self._baseline, self.max_accuracy_drop,
+                           self.objectives)
 
     @property
     def hypervolume(self) -> float:
@@ -137,8 +162,8 @@ class HypervolumeHistory:
         """Account for one finished trial (complete or failed) and return the new point."""
         if record.baseline and record.complete and self._baseline is None:
             self._baseline = record
-        if record.ranked():
-            self._front = non_dominated([*self._front, record])
+        if record.ranked() and not self.objectives.missing(record.metrics):
+            self._front = non_dominated([*self._front, record], self.objectives)
         front = self.front
         point = HypervolumePoint(len(self.points) + 1, record.number, front.hypervolume(),
                                  len(front.members))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from search.errors import NothingFoundError, QueryError
 from search.metrics import is_known_metric, metric_names
+from search.objective_set import ObjectiveSet
 from search.records import TrialRecord
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -51,21 +52,27 @@ def check_metric(name: str, where: str) -> None:
                          f"{', '.join(metric_names())}")
 
 
-def tie_break_key(record: TrialRecord) -> tuple[float, ...]:
-    """After the objective: lower p95, smaller size, higher accuracy, earlier trial."""
+def tie_break_key(record: TrialRecord,
+                  objectives: ObjectiveSet | None = None) -> tuple[float, ...]:
+    """After the queried metric: the study's objectives in their order with accuracy last,
+    each the way it is better (for the defaults: lower p95, smaller size, higher accuracy),
+    then the earlier trial. A trial lacking an objective's value comes after those with it."""
     m = record.metrics
-    return (m.get("latency_p95_ms", float("inf")), m.get("size_kb", float("inf")),
-            -m.get("accuracy", 0.0), float(record.number))
+    ordered = sorted((objectives or ObjectiveSet.default()).objectives,
+                     key=lambda o: o.metric == "accuracy")
+    return (*(o.loss(m[o.metric]) if o.metric in m else float("inf") for o in ordered),
+            float(record.number))
 
 
 def best(records: Sequence[TrialRecord], *, where: str | None = None,
          maximize: str | None = None, minimize: str | None = None,
          device_class: str | None = None, feasible_only: bool = True,
-         include_contended: bool = False) -> TrialRecord:
+         include_contended: bool = False, objectives: ObjectiveSet | None = None) -> TrialRecord:
     """The feasible completed trial that satisfies ``where`` and is best for the objective.
 
     Exactly one of ``maximize`` and ``minimize`` names the metric to optimise. Ties are broken by
-    :func:`tie_break_key`. Raises :class:`NothingFoundError` when no trial qualifies.
+    :func:`tie_break_key` under the study's ``objectives`` (default: the default objectives).
+    Raises :class:`NothingFoundError` when no trial qualifies.
     """
     if (maximize is None) == (minimize is None):
         raise QueryError("give exactly one of --maximize METRIC and --minimize METRIC")
@@ -82,4 +89,4 @@ def best(records: Sequence[TrialRecord], *, where: str | None = None,
         raise NothingFoundError(f"no feasible trial{scope}"
                                 + (f" on device class {device_class!r}" if device_class else ""))
     sign = -1.0 if maximize else 1.0
-    return min(pool, key=lambda r: (sign * r.metrics[metric], *tie_break_key(r)))
+    return min(pool, key=lambda r: (sign * r.metrics[metric], *tie_break_key(r, objectives)))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from device_agents import EvalSetPayload
+from search.objective_set import ObjectiveSet
 from search.records import CONFIRMATION_ATTR, TrialRecord
 from search.results.pareto import ParetoFront
 from search.workspace import Workspace
@@ -78,9 +79,11 @@ def confirmed_metrics(confirmation: Confirmation, numbers: Sequence[int],
     return out
 
 
-def to_confirm(records: Sequence[TrialRecord], max_accuracy_drop: float) -> list[TrialRecord]:
-    """The baseline first, then the front members (by p95)."""
-    front = ParetoFront.from_records(records, max_accuracy_drop)
+def to_confirm(records: Sequence[TrialRecord], max_accuracy_drop: float,
+               objectives: ObjectiveSet | None = None) -> list[TrialRecord]:
+    """The baseline first, then the members of the front under the study's ``objectives``
+    (default: the default objectives), by their first latency objective."""
+    front = ParetoFront.from_records(records, max_accuracy_drop, objectives=objectives)
     if front.baseline is None:
         return []
     return [front.baseline, *(r for r in front.members if not r.baseline)]
@@ -88,11 +91,12 @@ def to_confirm(records: Sequence[TrialRecord], max_accuracy_drop: float) -> list
 
 def confirm_records(records: Sequence[TrialRecord], workspace: Workspace, confirmer: Confirmer,
                     eval_payload: EvalSetPayload, eval_ref: object, settings: ConfirmSettings,
-                    max_accuracy_drop: float) -> dict[str, Any]:
+                    max_accuracy_drop: float, objectives: ObjectiveSet | None = None
+                    ) -> dict[str, Any]:
     """Confirm the baseline and the front of ``records``; return the study attr to store."""
     from device_agents import BundlePayload, BundleRef, ConfirmRequest, MeasurementProtocol
 
-    chosen = to_confirm(records, max_accuracy_drop)
+    chosen = to_confirm(records, max_accuracy_drop, objectives)
     if not chosen:
         return {}
     refs = []
@@ -152,7 +156,10 @@ def confirm_stored_study(workspace: Workspace, *, rounds: int | None = None,
     if "config" not in attrs or "config_dir" not in attrs:
         raise ConfigError(f"study {workspace.study!r} keeps no config to confirm it with (run "
                           f"it once with this version of paretoedge)")
-    config = StudyConfig.model_validate({**attrs["config"], "base_dir": attrs["config_dir"]})
+    # ranked under the objectives the study was searched with (stored with it)
+    objectives = ObjectiveSet.of_study(attrs)
+    config = StudyConfig.model_validate({**attrs["config"], "base_dir": attrs["config_dir"],
+                                         "objectives": objectives.to_attr()})
     settings = ConfirmSettings(rounds=rounds or config.confirm.rounds,
                                runs_per_round=runs_per_round or config.confirm.runs_per_round,
                                threads=config.device.threads)
@@ -163,8 +170,7 @@ def confirm_stored_study(workspace: Workspace, *, rounds: int | None = None,
             raise ConfigError(f"{type(dispatcher).__name__} cannot confirm (no confirm method)")
         eval_ref = dispatcher.share(eval_payload)
         attr = confirm_records(records_of(study), workspace, dispatcher, eval_payload, eval_ref,
-                               settings,
-                               config.constraints.max_accuracy_drop)
+                               settings, config.constraints.max_accuracy_drop, objectives)
     finally:
         dispatcher.close()
     if attr:

@@ -13,6 +13,7 @@ from search.config import StudyConfig
 from search.records import TrialRecord
 from search.results.pareto import HypervolumeHistory
 from search.study.budget import Budget, BudgetClock
+from search.study.objectives import study_objectives
 from search.study.progress import ProgressDisplay, ProgressState, best_feasible
 from search.tracking.tracker import Tracker
 from search.workspace import Workspace
@@ -38,14 +39,16 @@ class StudyMonitor:
         self.config = config
         self.workspace = workspace
         self.display = ProgressDisplay(console, live=live)
-        self.history = HypervolumeHistory(config.constraints.max_accuracy_drop)
+        self.objectives = study_objectives(config)
+        self.history = HypervolumeHistory(config.constraints.max_accuracy_drop, self.objectives)
         self.clock = BudgetClock(Budget(config.search.trials), 0)
         self._given_tracker = tracker
         self.tracker: Tracker | None = None
 
     def begin(self, records: Sequence[TrialRecord], budget: Budget) -> None:
         """Start this run: replay the study's history so far, start the clock and tracking."""
-        self.history = HypervolumeHistory.replay(records, self.config.constraints.max_accuracy_drop)
+        self.history = HypervolumeHistory.replay(
+            records, self.config.constraints.max_accuracy_drop, self.objectives)
         self.clock = BudgetClock(budget, sum(r.finished for r in records))
         self.tracker = self._given_tracker or self._make_tracker()
 
@@ -85,7 +88,7 @@ class StudyMonitor:
         self.display.update(ProgressState(
             study=self.config.study, budget=self.clock.budget.trials, finished=finished,
             failed=sum(r.state == "FAIL" and not r.interrupted for r in records),
-            running=running, best=best_feasible(records),
+            running=running, best=best_feasible(records, self.objectives),
             front_size=len(self.history.front.members), hypervolume=self.history.hypervolume,
             eta_s=self.clock.eta_s(finished), note=note))
 

@@ -1,4 +1,5 @@
-"""From a measurement to metrics, objective values and constraint values."""
+"""From a measurement to metrics, objective values and constraint values, under the study's
+configured objectives (``objectives:``) and limits (``constraints:``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 from device_agents import Measurement
 from search.config import StudyConfig
-from search.metrics import OBJECTIVES
+from search.metrics import METRICS
+from search.objective_set import ObjectiveSet
 from spaces import Candidate
 
 
@@ -37,28 +39,42 @@ def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Ma
     return metrics
 
 
+def study_objectives(config: StudyConfig) -> ObjectiveSet:
+    """The objectives the config names (the defaults when it names none)."""
+    return ObjectiveSet.of(config.objectives)
+
+
 def ranked_percentiles(config: StudyConfig) -> tuple[float, ...]:
-    """The latency percentiles the study ranks or caps (objectives and constraints): the ones
-    whose confidence interval the measurement must bound."""
-    names = [name for name, _ in OBJECTIVES]
-    if config.constraints.latency_p95_ms is not None:
-        names.append("latency_p95_ms")
+    """The latency percentiles the study ranks or caps (objectives and limits): the ones whose
+    confidence interval the measurement must bound. ``latency_mean_ms`` is no percentile: a
+    study that ranks and caps no percentile bounds the median's interval."""
+    names = [*config.objectives, *config.constraints.limits()]
     found = sorted({float(m.group(1)) for name in names
                     if (m := re.fullmatch(r"latency_p(\d+)_ms", name))})
     return tuple(found) or (50.0,)
 
 
-def objective_values(metrics: Mapping[str, float]) -> list[float]:
-    return [float(metrics[name]) for name, _ in OBJECTIVES]
+def objective_values(metrics: Mapping[str, float], objectives: ObjectiveSet) -> list[float]:
+    """The values Optuna is told, in the order of ``objectives``."""
+    return list(objectives.values(metrics))
+
+
+def missing_metrics(metrics: Mapping[str, float], objectives: ObjectiveSet,
+                    limits: Mapping[str, float]) -> list[str]:
+    """The objectives and limited metrics a trial's ``metrics`` lack (e.g. ``energy_mj`` when
+    the counter could not be read): such a trial cannot be ranked and fails."""
+    wanted = [*objectives.names, *(name for name in limits if name not in objectives.names)]
+    return [name for name in wanted if name not in metrics]
 
 
 def constraint_values(metrics: Mapping[str, float], *, baseline_accuracy: float,
-                      max_accuracy_drop: float, latency_p95_ms: float | None = None,
-                      size_kb: float | None = None) -> dict[str, float]:
-    """Optuna constraints: feasible when every value is <= 0."""
+                      max_accuracy_drop: float,
+                      limits: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Optuna constraints, feasible when every value is <= 0: the accuracy band, and one per
+    limit (``constraints.limits()``): an upper bound on a metric where less is better
+    (``value - bound``), a lower bound on one where more is (``bound - value``)."""
     values = {"accuracy_band": (baseline_accuracy - max_accuracy_drop) - metrics["accuracy"]}
-    if latency_p95_ms is not None:
-        values["latency_p95_ms"] = metrics["latency_p95_ms"] - latency_p95_ms
-    if size_kb is not None:
-        values["size_kb"] = metrics["size_kb"] - size_kb
+    for name, bound in (limits or {}).items():
+        value = float(metrics[name])
+        values[name] = bound - value if METRICS[name].direction == "max" else value - bound
     return values

@@ -3,27 +3,51 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from search.metrics import OBJECTIVES
+from search.metrics import METRICS
+from search.objective_set import ObjectiveSet
 from search.records import TrialRecord
 from search.study.budget import format_seconds
 
 
-def best_feasible(records: Sequence[TrialRecord]) -> dict[str, float]:
-    """The best feasible value of each objective, each on its own (not one trial's values)."""
+def best_feasible(records: Sequence[TrialRecord],
+                  objectives: ObjectiveSet | None = None) -> dict[str, float]:
+    """The best feasible value of each objective (default: the default objectives), each on
+    its own (not one trial's values)."""
     feasible = [r for r in records if r.complete and r.feasible]
     best: dict[str, float] = {}
-    for name, direction in OBJECTIVES:
-        values = [r.metrics[name] for r in feasible if name in r.metrics]
+    for o in (objectives or ObjectiveSet.default()).objectives:
+        values = [r.metrics[o.metric] for r in feasible if o.metric in r.metrics]
         if values:
-            best[name] = max(values) if direction == "maximize" else min(values)
+            best[o.metric] = max(values) if o.direction == "max" else min(values)
     return best
+
+
+def _short(metric: str) -> str:
+    """``acc``, ``p95``, ``mean``, ``size``; other metrics as they are named."""
+    if metric == "accuracy":
+        return "acc"
+    if metric.startswith("latency_") and metric.endswith("_ms"):
+        return metric.removeprefix("latency_").removesuffix("_ms")
+    return metric.removesuffix("_kb").removesuffix("_mb").removesuffix("_mj")
+
+
+def objective_summary(metrics: Mapping[str, float], objectives: ObjectiveSet) -> str:
+    """A trial's objective values for its log line: ``acc 0.9500  p95 1.0000 ms  size
+    100.0 KB``."""
+    parts = []
+    for name in objectives.names:
+        value = metrics.get(name, float("nan"))
+        unit = METRICS[name].unit if name in METRICS else ""
+        number = f"{value:7.1f}" if unit in ("KB", "MB") else f"{value:.4f}"
+        parts.append(f"{_short(name)} {number}" + (f" {unit}" if unit else ""))
+    return "  ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ from rich.console import Console
 from device_agents import EvalSetPayload, Measurement, MeasurementProtocol, MeasureRequest
 from device_agents.bundle import BundlePayload
 from search.config import StudyConfig
-from search.errors import SearchError
+from search.errors import ConfigError, SearchError
 from search.fleet.dispatch import Completed, Dispatcher
+from search.fleet.measurable import check_measurable
 from search.fleet.study_pool import default_dispatcher
-from search.metrics import OBJECTIVES
+from search.objective_set import OBJECTIVES_ATTR, ObjectiveSet
 from search.records import INTERRUPTED, INTERRUPTED_ATTR, TrialRecord
 from search.results.pareto import ParetoFront
 from search.study.budget import INTERRUPTED_BY_USER, SPACE_EXHAUSTED, TRIALS_DONE, Budget
@@ -42,12 +43,15 @@ from search.study.interrupts import GracefulStop, sigint_ignored
 from search.study.monitor import StudyMonitor
 from search.study.objectives import (
     constraint_values,
+    missing_metrics,
     objective_values,
     ranked_percentiles,
+    study_objectives,
     trial_metrics,
 )
 from search.study.phase_clock import ASK, BUILD, SUBMIT, TELL, TRACK, WAIT, PhaseClock, PhaseTimes
 from search.study.preparation import Prepared, prepare
+from search.study.progress import objective_summary
 from search.study.samplers import make_sampler
 from search.study.sensitivity import seed_study
 from search.study.trial_log import TrialLog
@@ -139,6 +143,7 @@ class StudyRunner:
         self.workspace = workspace
         self.dispatcher_factory = dispatcher_factory or default_dispatcher
         self.console = console or Console()
+        self.objectives = study_objectives(config)
         self.monitor = StudyMonitor(config, workspace, self.console, tracker=tracker, live=live)
         self._baseline_accuracy: float | None = None
         self._pending: dict[int, _Pending] = {}
@@ -155,13 +160,31 @@ class StudyRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             study_name=self.config.study, storage=open_storage(self.workspace.journal),
-            directions=[optuna.study.StudyDirection[d.upper()] for _, d in OBJECTIVES],
+            directions=[optuna.study.StudyDirection[d.upper()]
+                        for d in self.objectives.directions],
             sampler=make_sampler(self.config.search.sampler, self.config.search.seed, trials),
             load_if_exists=True)
+        self._check_objectives(study)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([name for name, _ in OBJECTIVES])
+            study.set_metric_names(list(self.objectives.names))
         return study
+
+    def _check_objectives(self, study: Any) -> None:
+        """Store the objectives with a new study; refuse to resume one searched under others
+        (a study without the attr that ran trials was searched under the defaults)."""
+        from optuna.trial import TrialState
+
+        ran = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+        if OBJECTIVES_ATTR not in study.user_attrs and not ran:  # a new study (maybe seeded)
+            study.set_user_attr(OBJECTIVES_ATTR, self.objectives.to_attr())
+            return
+        stored = ObjectiveSet.of_study(study.user_attrs)
+        if stored != self.objectives:
+            raise ConfigError(f"objectives: study {self.config.study!r} was searched under "
+                              f"{stored.describe()}, the config names "
+                              f"{self.objectives.describe()}; use another study name (or "
+                              f"the study's objectives)")
 
     def _requeue(self, trial: Any) -> None:
         """Run ``trial``'s candidate again later (it was interrupted, not judged)."""
@@ -243,7 +266,7 @@ class StudyRunner:
                            ("bundle", twin.bundle), ("bundle_digest", twin.bundle_digest),
                            ("agent_id", twin.agent_id), ("fingerprint", dict(twin.fingerprint))):
             trial.set_user_attr(key, value)
-        self._study.tell(trial, objective_values(metrics))
+        self._study.tell(trial, objective_values(metrics, self.objectives))
         self._log.told(trial, "COMPLETE", constraints)
         self.monitor.print(f"trial {trial.number:>3} {pending.candidate.describe():<44} "
                            f"repeats trial {twin.number}: measurement reused")
@@ -251,13 +274,12 @@ class StudyRunner:
 
     def _set_constraints(self, trial: optuna.Trial, metrics: dict[str, float]
                          ) -> dict[str, float]:
-        """The accuracy band (and any latency/size limits) as Optuna constraints."""
+        """The accuracy band and every limit of ``constraints`` as Optuna constraints."""
         c = self.config.constraints
         assert self._baseline_accuracy is not None
         values = constraint_values(
             metrics, baseline_accuracy=self._baseline_accuracy,
-            max_accuracy_drop=c.max_accuracy_drop, latency_p95_ms=c.latency_p95_ms,
-            size_kb=c.size_kb)
+            max_accuracy_drop=c.max_accuracy_drop, limits=c.limits())
         for name, value in values.items():
             trial.set_constraint(name, value)
         return values
@@ -297,12 +319,18 @@ class StudyRunner:
         measurement = done.measurement
         if self._measure_again(pending, measurement):
             return
-        if pending.trial.user_attrs.get("baseline"):
+        baseline = bool(pending.trial.user_attrs.get("baseline"))
+        metrics = trial_metrics(measurement, pending.candidate, pending.built.info,
+                                measurement.accuracy if baseline else self._baseline_accuracy)
+        missing = missing_metrics(metrics, self.objectives, self.config.constraints.limits())
+        if missing:  # e.g. energy_mj where the counter could not be read: it cannot be ranked
+            self._fail(pending, f"measurement lacks {', '.join(missing)} (objective or limit "
+                                f"of the study)")
+            return
+        if baseline:
             self._baseline_accuracy = measurement.accuracy
             self._study.set_user_attr("baseline_accuracy", measurement.accuracy)
             self._study.set_user_attr("baseline_trial", pending.trial.number)
-        metrics = trial_metrics(measurement, pending.candidate, pending.built.info,
-                                self._baseline_accuracy)
         metrics["build_s"] = pending.built.build_seconds
         metrics["overlap_builds"] = float(self.config.device.builds_overlap)
         metrics["contended"] = float(self._contended(measurement))
@@ -311,7 +339,7 @@ class StudyRunner:
         pending.trial.set_user_attr("metrics", metrics)
         pending.trial.set_user_attr("agent_id", done.agent_id or measurement.agent_id)
         pending.trial.set_user_attr("fingerprint", dict(measurement.fingerprint))
-        self._study.tell(pending.trial, objective_values(metrics))
+        self._study.tell(pending.trial, objective_values(metrics, self.objectives))
         record = self._log.told(pending.trial, "COMPLETE", constraints)
         front = self.monitor.trial_finished(record)
         flag = "[green]feasible[/green]" if record.feasible else "[yellow]outside band[/yellow]"
@@ -322,8 +350,8 @@ class StudyRunner:
                      f"{pending.contention_retries} retries; not ranked)")
         self.monitor.print(
             f"trial {record.number:>3} {candidate_label(dict(record.candidate)):<44} "
-            f"acc {metrics['accuracy']:.4f}  p95 {metrics['latency_p95_ms']:.4f} ms  "
-            f"size {metrics['size_kb']:7.1f} KB  {flag}" + (" [bold]front[/bold]" if front else ""))
+            f"{objective_summary(metrics, self.objectives)}  {flag}"
+            + (" [bold]front[/bold]" if front else ""))
         self._refresh()
 
     def _contended(self, measurement: Measurement) -> bool:
@@ -377,8 +405,9 @@ class StudyRunner:
             lock.release()
 
     def _run_locked(self, options: RunOptions, lock: StudyLock) -> StudySummary:
+        check_measurable(self.config)  # before anything is trained or started
+        self._study = self._open_study(options.trials)  # refuses other objectives at once
         prepared = prepare(self.config, self.workspace.cache)
-        self._study = self._open_study(options.trials)
         self._log = TrialLog.load(self._study)
         self._study.set_user_attr("config", self.config.model_dump(mode="json", by_alias=True))
         self._study.set_user_attr("max_accuracy_drop", self.config.constraints.max_accuracy_drop)
@@ -425,14 +454,16 @@ class StudyRunner:
         records = self.records()
         return StudySummary(self.config.study, records,
                             ParetoFront.from_records(records,
-                                                     self.config.constraints.max_accuracy_drop),
+                                                     self.config.constraints.max_accuracy_drop,
+                                                     objectives=self.objectives),
                             stop_reason, self.monitor.history.hypervolume, timing)
 
     def _confirm(self, prepared: Prepared, dispatcher: Dispatcher) -> None:
         """The baseline and the front, re-timed interleaved by one agent and evaluated on the
         held-out test split (:mod:`search.study.confirmation`)."""
         c = self.config.confirm
-        members = to_confirm(self.records(), self.config.constraints.max_accuracy_drop)
+        members = to_confirm(self.records(), self.config.constraints.max_accuracy_drop,
+                             self.objectives)
         if not members:
             return
         if not isinstance(dispatcher, Confirmer):
@@ -447,7 +478,7 @@ class StudyRunner:
         try:
             attr = confirm_records(self.records(), self.workspace, dispatcher, test,
                                    dispatcher.share(test), settings,
-                                   self.config.constraints.max_accuracy_drop)
+                                   self.config.constraints.max_accuracy_drop, self.objectives)
         except Exception as exc:  # the study's trials stand; `paretoedge confirm` retries
             self.monitor.print(f"[red]confirmation failed[/red] ({type(exc).__name__}: {exc}); "
                                f"run `paretoedge confirm {self.config.study}` later")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import StudyNotFoundError
+from search.objective_set import OBJECTIVES_ATTR
 from search.records import TrialRecord
 from search.tracking.mlflow_store import TRIAL_TAG, MlflowStore
 
@@ -42,7 +43,8 @@ def load_records_from_mlflow(workdir: Path, study: str,
     """Every trial run of ``study`` in ``<workdir>/mlflow.db``, and the study's settings.
 
     The second value mirrors the Optuna study's user attrs that queries use
-    (``max_accuracy_drop``), read from the study run's params.
+    (``max_accuracy_drop``, ``objectives``), read from the study run's params (the config's
+    ``objectives.<metric>``; a study logged before objectives were configurable has none).
     """
     store = MlflowStore.open(Path(workdir), study, experiment, create=False)
     if store.parent_id is None:
@@ -53,4 +55,8 @@ def load_records_from_mlflow(workdir: Path, study: str,
     attrs: dict[str, Any] = {}
     if "constraints.max_accuracy_drop" in params:
         attrs["max_accuracy_drop"] = float(params["constraints.max_accuracy_drop"])
+    objectives = {k.removeprefix("objectives."): v for k, v in params.items()
+                  if k.startswith("objectives.")}
+    if objectives:
+        attrs[OBJECTIVES_ATTR] = objectives
     return records, attrs

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from search.metrics import CONFIRMATION_METRICS
+from search.objective_set import ObjectiveSet
 from search.records import TrialRecord
 from search.results.pareto import HypervolumeHistory, HypervolumePoint, ParetoFront
 from search.tracking.mlflow_store import MlflowStore, flatten, store_writable
@@ -226,8 +227,11 @@ class MlflowMirror:
             title = (f"{snapshot.study}: {len(snapshot.front.members)} trials on the feasible "
                      f"front of {sum(r.complete for r in snapshot.records)} completed")
             members = set(snapshot.front.numbers)
-            files["pareto.html"] = pareto_html(snapshot.records, members, snapshot.history, title)
-            files["pareto.png"] = pareto_png(snapshot.records, members, snapshot.history, title)
+            objectives = snapshot.front.objectives
+            files["pareto.html"] = pareto_html(snapshot.records, members, snapshot.history, title,
+                                               objectives)
+            files["pareto.png"] = pareto_png(snapshot.records, members, snapshot.history, title,
+                                             objectives)
         store.log_files(parent, files)
         store.set_tags(parent, {DRAWN_TAG: drawn})
         self._drawn = drawn
@@ -304,7 +308,9 @@ def sync_study(workdir: Path, study: str) -> SyncReport:
                           f"up to date itself: sync it once it has stopped")
     config = attrs.get("config", {})
     tracking = config.get("tracking", {})
-    history = HypervolumeHistory.replay(records, float(attrs.get("max_accuracy_drop", 0.01)))
+    # the front under the objectives the study was searched with (stored with it)
+    history = HypervolumeHistory.replay(records, float(attrs.get("max_accuracy_drop", 0.01)),
+                                        ObjectiveSet.of_study(attrs))
     mirror = MlflowMirror(workspace.workdir, study, tracking.get("experiment"),
                           bundles=tracking.get("bundles", "front"),
                           plots=tracking.get("plots", True))

@@ -1,7 +1,8 @@
 """From a PyTorch model factory and its data to a ready :class:`TorchBuilder`: check the
 architecture (layer groups, their operators) before anything is trained, train or load the fp32
-model, retrofit exit heads, and set up the builder. What the search calls to get a builder for a
-torch model; everything torch happens behind it."""
+model (or take it as given: a checkpoint, or a factory with its own weights), retrofit exit
+heads, and set up the builder. What the search calls to get a builder for a torch model;
+everything torch happens behind it."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ from spaces.errors import ModelError, SpaceError, SplitError
 from spaces.layer_groups import LayerGroups
 from spaces.references import file_digest, load_reference, reference_file
 from spaces.settings import BuildSettings, ExitHeadSpec, TrainSettings
-from spaces.torch_model.baseline import TrainedModel, build_untrained, train_or_load_baseline
+from spaces.torch_model.baseline import (
+    TrainedModel,
+    build_untrained,
+    given_baseline,
+    train_or_load_baseline,
+)
 from spaces.torch_model.builder import TorchBuilder
+from spaces.torch_model.checkpoint import load_checkpoint, read_checkpoint
 from spaces.torch_model.exit_heads import retrofit_exits
 from spaces.torch_model.module_groups import (
     auto_groups,
@@ -42,6 +49,9 @@ class TorchModelSpec:
 
     ``exit_heads`` retrofits heads after named modules (None: the model declares its exits, or
     has none); ``exit_loss_weights`` weights a declared model's exits during training.
+    ``checkpoint`` is a state_dict file loaded strictly into the factory's module, and
+    ``trains`` False takes the factory's module as it comes (it loads its own weights): in both
+    cases nothing is trained (``train.seed`` seeds whatever the factory leaves random).
     """
 
     factory: str
@@ -50,6 +60,13 @@ class TorchModelSpec:
     groups: GroupsSpec = "auto"
     exit_heads: ExitHeadSpec | None = None
     exit_loss_weights: tuple[float, ...] = ()
+    checkpoint: Path | None = None
+    trains: bool = True
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None and self.trains:
+            raise ValueError("a checkpoint is a trained model: it is not trained again "
+                             "(trains=False)")
 
 
 def layer_groups_of(model: StagedModel, spec: GroupsSpec, example: torch.Tensor) -> LayerGroups:
@@ -80,25 +97,67 @@ def declared_exit_weights(spec: TorchModelSpec, factory: Callable[[], nn.Module]
     return tuple(weights)
 
 
+def _factory(spec: TorchModelSpec) -> Callable[[], nn.Module]:
+    factory = load_reference(spec.factory, spec.base_dir)
+    if not callable(factory):
+        raise ModelError(f"model.factory {spec.factory!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def check_checkpoint(spec: TorchModelSpec, *, against_factory: bool = True) -> None:
+    """What ``paretoedge validate`` checks of ``spec.checkpoint`` without data or training: the
+    file reads as a checkpoint, and (``against_factory``) it loads strictly into the module the
+    factory makes (the factory is called once).
+
+    Raises:
+        ModelError: one line naming the checkpoint file (and its first bad key), or
+            ``model.factory`` when the factory cannot be called.
+        ReferenceError_: the factory does not import.
+    """
+    if spec.checkpoint is None:
+        return
+    state = read_checkpoint(spec.checkpoint)
+    if not against_factory:
+        return
+    factory = _factory(spec)
+    try:
+        module = factory()
+    except Exception as exc:  # the user's code can raise anything
+        raise ModelError(f"model.factory {spec.factory!r} failed: {type(exc).__name__}: "
+                         f"{exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"model.factory {spec.factory!r} returned {type(module).__name__}, "
+                         f"not a torch.nn.Module")
+    load_checkpoint(module, state, spec.checkpoint)
+
+
 def prepare_torch_builder(spec: TorchModelSpec, data: DataSplits, settings: BuildSettings,
                           cache_dir: Path, *, check_operators: OperatorCheck | None = None
                           ) -> TorchBuilder:
     """Train (or load) the fp32 model, retrofit its exits, and return its builder."""
     torch.set_num_threads(1)
-    factory = load_reference(spec.factory, spec.base_dir)
-    if not callable(factory):
-        raise ModelError(f"model.factory {spec.factory!r} is not callable")
+    factory = _factory(spec)
     example = torch.from_numpy(data.preprocess(data.train_x[:1]))
-    untrained = build_untrained(factory, data)
-    if check_operators is not None:  # fail on bad groups or precisions before training
-        groups = layer_groups_of(untrained, spec.groups, example)
-        check_operators(operators_by_group(untrained, example, groups))
-    train = replace(spec.train, exit_weights=declared_exit_weights(spec, factory))
-    digest = file_digest(reference_file(spec.factory, spec.base_dir))
-    trained: TrainedModel = train_or_load_baseline(factory, data, train, cache_dir,
-                                                   model_digest=f"{spec.factory}:{digest}")
-    log.info("fp32 model %s (validation accuracy per exit %s)",
-             "loaded from cache" if trained.from_cache else "trained",
+    digest = f"{spec.factory}:{file_digest(reference_file(spec.factory, spec.base_dir))}"
+
+    def check(model: StagedModel) -> None:
+        if check_operators is not None:  # fail on bad groups or precisions before training
+            check_operators(operators_by_group(
+                model, example, layer_groups_of(model, spec.groups, example)))
+
+    trained: TrainedModel
+    if spec.trains:
+        check(build_untrained(factory, data))
+        train = replace(spec.train, exit_weights=declared_exit_weights(spec, factory))
+        trained = train_or_load_baseline(factory, data, train, cache_dir, model_digest=digest)
+        source = "loaded from cache" if trained.from_cache else "trained"
+    else:  # the user's weights, untouched: nothing trained, nothing run in train mode
+        trained = given_baseline(factory, data, model_digest=digest,
+                                 checkpoint=spec.checkpoint, seed=spec.train.seed)
+        check(trained.fresh())
+        source = (f"loaded from checkpoint {spec.checkpoint}" if spec.checkpoint is not None
+                  else "as the factory made it")
+    log.info("fp32 model %s (validation accuracy per exit %s)", source,
              ", ".join(f"{a:.4f}" for a in trained.exit_accuracies))
     if spec.exit_heads is not None:
         try:

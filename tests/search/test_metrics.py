@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from device_agents import LatencyStats, Measurement
 from device_agents.metric_names import METRICS, is_measured
+from search.metrics import DEFAULT_OBJECTIVES, is_known_metric, metric_names
 from search.metrics import METRICS as STUDY_METRICS
-from search.metrics import OBJECTIVES, is_known_metric, metric_names
+from search.objective_set import ObjectiveSet
 
 
 def full_measurement() -> Measurement:
@@ -26,9 +27,11 @@ def test_every_measured_name_is_in_the_vocabulary() -> None:
 
 
 def test_objectives_follow_the_vocabulary() -> None:
-    assert OBJECTIVES == (("accuracy", "maximize"), ("latency_p95_ms", "minimize"),
-                          ("size_kb", "minimize"))
-    assert all(STUDY_METRICS[name] == METRICS[name] for name, _ in OBJECTIVES)
+    default = ObjectiveSet.default()
+    assert default.names == ("accuracy", "latency_p95_ms", "size_kb")
+    assert default.directions == ("maximize", "minimize", "minimize")
+    assert all(STUDY_METRICS[name] == METRICS[name] and METRICS[name].direction == direction
+               for name, direction in DEFAULT_OBJECTIVES)
 
 
 def test_families_and_unknown_names() -> None:
