@@ -50,3 +50,51 @@ def test_example_models_have_an_exit_after_every_stage(reference: str, shape: tu
         outputs = model(torch.zeros(shape))
     assert len(outputs) == model.num_stages == 3
     assert all(tuple(o.shape) == (2, 10) for o in outputs)
+
+
+@pytest.mark.slow
+def test_the_checkpoint_example_starts_from_the_checkpoint_itself(tmp_path: Path) -> None:
+    """digits_checkpoint.yaml end to end on a real (in-process) agent: nothing is trained, the
+    fp32 baseline measures exactly the checkpoint's accuracy, on the selection and test split."""
+    import yaml
+
+    from device_agents import LocalDeviceAgent
+    from search.config import parse_config
+    from search.fleet.dispatch import InlineDispatcher
+    from search.study.runner import RunOptions, StudyRunner
+    from search.tracking.tracker import NullTracker
+    from search.workspace import Workspace
+
+    write_checkpoint = load_reference("digits_plain_model.py:write_checkpoint", EXPERIMENTS)
+    model = write_checkpoint(tmp_path / "digits_plain.pt", epochs=3)
+    raw = yaml.safe_load((EXPERIMENTS / "digits_checkpoint.yaml").read_text())
+    raw["model"]["checkpoint"] = str(tmp_path / "digits_plain.pt")  # the test's own checkpoint
+    raw.update(  # the example, shortened: 3 trials, small finetunes, short timing
+        quantization={"precisions": ["fp32", "int8"], "calibration_samples": 32},
+        pruning={"ratio_max": 0.5, "ratio_step": 0.25,
+                 "finetune": {"epochs": 1, "train_subset": 128}},
+        early_exit={**raw["early_exit"], "heads": {"epochs": 5}},
+        measurement={"warmup_runs": 5, "warmup_seconds": 0.0, "min_runs": 20, "max_runs": 40,
+                     "round_runs": 20, "min_seconds": 0.0},
+        confirm={"rounds": 1, "runs_per_round": 10}, tracking={"mlflow": False},
+        search={"trials": 3, "seed": 0})
+    config = parse_config(raw, "digits_checkpoint.yaml", EXPERIMENTS)
+    workspace = Workspace(tmp_path / "runs", config.study)
+    agent = LocalDeviceAgent(device_class="local", cache_dir=tmp_path / "agent", isolate=False)
+    summary = StudyRunner(config, workspace, dispatcher_factory=lambda c, w: InlineDispatcher(
+        agent), tracker=NullTracker()).run(RunOptions(trials=3))
+
+    data = load_reference("digits_model.py:load_data", EXPERIMENTS)(0)
+    baseline = summary.records[0]
+    assert baseline.baseline and baseline.complete and baseline.candidate["prune_ratio"] == 0
+    with torch.no_grad():
+        def accuracy(x: np.ndarray, y: np.ndarray) -> float:
+            predicted = model.eval()(torch.from_numpy(data.preprocess(x))).argmax(1).numpy()
+            return float((predicted == y).mean())
+
+        selection = data.selection_set()
+        assert baseline.metrics["accuracy"] == accuracy(selection.inputs, selection.labels)
+        assert baseline.metrics["test_accuracy"] == accuracy(data.test_x, data.test_y)
+    assert not (workspace.workdir / "cache" / "baseline").exists()  # nothing was trained
+    assert list((workspace.workdir / "cache" / "exit_heads").glob("*.pt"))  # heads were
+    assert summary.completed == 3
