@@ -16,7 +16,9 @@ quiet timing in this process, interleaved the same way, cycling through the test
   reported, and the agent's confirmation made here.
 
 It prints the table (the agent's confirmation over the quiet timing for p50 and p95, both made
-here; the study's figures over the quiet timing; speed-ups) and writes JSON.
+here, as the median and the range over the alternations of the ratio within each alternation:
+this host's absolute figures move by tens of percent within a minute, so only timings seconds
+apart are compared; the study's figures over the quiet timing; speed-ups) and writes JSON.
 Run it with nothing else running on the machine:
 
     .venv/bin/python experiments/benchmarks/trust_bench.py --workdir runs --study digits \\
@@ -69,28 +71,39 @@ def quiet_timers(bundles: dict[int, Path], inputs: np.ndarray) -> dict[int, Any]
 
 def time_interleaved(timers: dict[int, Any], n_inputs: int, rounds: int,
                      runs: int) -> dict[int, np.ndarray]:
+    """Each bundle's samples (ms) over ``rounds`` rounds in rotated order, ``runs`` runs a
+    turn, each bundle cycling through all ``n_inputs`` samples across its turns (as the
+    agent's confirmation does: a cascade's cost depends on which samples exit)."""
     numbers = list(timers)
     for number in numbers:  # warm-up
         for i in range(200):
             timers[number][1](i % n_inputs)
     samples: dict[int, list[int]] = {n: [] for n in numbers}
+    position = dict.fromkeys(numbers, 0)
     clock = time.perf_counter_ns
     for r in range(rounds):
         shift = r % len(numbers)
         for number in numbers[shift:] + numbers[:shift]:
-            run = timers[number][1]
-            for k in range(runs):
+            run, start = timers[number][1], position[number]
+            for k in range(start, start + runs):
                 t0 = clock()
                 run(k % n_inputs)
                 samples[number].append(clock() - t0)
+            position[number] = start + runs
     return {n: np.asarray(s, dtype=np.float64) / 1e6 for n, s in samples.items()}
 
 
+#: Per bundle, per alternation: (p50 ms, p95 ms).
+Figures = dict[int, list[tuple[float, float]]]
+
+
 def agent_and_quiet(bundles: dict[int, Path], chosen: list[Any], test: Any,
-                    timers: dict[int, Any], args: argparse.Namespace
-                    ) -> tuple[dict[int, float], dict[int, float], dict[int, np.ndarray]]:
+                    timers: dict[int, Any], args: argparse.Namespace) -> tuple[Figures, Figures]:
     """Alternate the agent's confirmation (a fresh measuring process on ``--core``) with the
-    quiet timing here; the agent's p50/p95 are the medians over its rounds."""
+    quiet timing here, ``--alternations`` times; each alternation gives both timers' p50 and
+    p95 of every bundle (the agent's as its confirmation reports them: over its rounds'
+    samples pooled), so that the ratio of the two is taken between timings a few seconds
+    apart."""
     from device_agents import (
         BundlePayload,
         BundleRef,
@@ -110,23 +123,27 @@ def agent_and_quiet(bundles: dict[int, Path], chosen: list[Any], test: Any,
         eval_set_digest=payload.digest, eval_set=payload,
         protocol=MeasurementProtocol(warmup_runs=100), rounds=len(chosen),
         runs_per_round=args.runs)
-    p50s: dict[int, list[float]] = {r.number: [] for r in chosen}
-    p95s: dict[int, list[float]] = {r.number: [] for r in chosen}
-    pooled: dict[int, list[np.ndarray]] = {r.number: [] for r in chosen}
+    agent_figures: Figures = {r.number: [] for r in chosen}
+    quiet_figures: Figures = {r.number: [] for r in chosen}
     for a in range(args.alternations):
         confirmation = agent.confirm(request)
-        for number, r50, r95 in zip(confirmation.keys, confirmation.round_p50_ms,
-                                    confirmation.round_p95_ms, strict=True):
-            p50s[number].extend(r50)
-            p95s[number].extend(r95)
+        for number, m in confirmation.by_key().items():
+            agent_figures[number].append((m.latency.p50_ms, m.latency.p95_ms))
         for number, samples in time_interleaved(timers, len(test), len(chosen),
                                                 args.runs).items():
-            pooled[number].append(samples)
+            p50, p95 = np.percentile(samples, [50, 95])
+            quiet_figures[number].append((float(p50), float(p95)))
         console.print(f"alternation {a + 1}/{args.alternations}")
     agent.close()
-    return ({n: float(np.median(v)) for n, v in p50s.items()},
-            {n: float(np.median(v)) for n, v in p95s.items()},
-            {n: np.concatenate(v) for n, v in pooled.items()})
+    return agent_figures, quiet_figures
+
+
+def ratio_summary(agent: list[tuple[float, float]], quiet: list[tuple[float, float]],
+                  which: int) -> tuple[float, float, float]:
+    """The median, lowest and highest over the alternations of agent / quiet for p50
+    (``which`` 0) or p95 (1)."""
+    ratios = [a[which] / q[which] for a, q in zip(agent, quiet, strict=True)]
+    return float(np.median(ratios)), min(ratios), max(ratios)
 
 
 def main() -> None:
@@ -139,6 +156,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000, help="timed runs per bundle turn")
     parser.add_argument("--core", type=int, default=None, help="pin this process to a core")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="time on the first N test samples (both timers; default: all)")
     args = parser.parse_args()
     if args.core is not None:
         os.sched_setaffinity(0, {args.core})
@@ -156,45 +175,67 @@ def main() -> None:
                                      objectives=ObjectiveSet.of_study(attrs))
     chosen = [front.baseline, *(r for r in front.members if not r.baseline)]
     test = load_data(config).test_set()
+    if args.eval_samples is not None:
+        from device_agents import EvalSet
+
+        test = EvalSet(test.inputs[:args.eval_samples], test.labels[:args.eval_samples])
     bundles = {r.number: r.bundle_path(workspace.workdir) for r in chosen}
     timers = quiet_timers(bundles, test.inputs)
-    agent_p50, agent_p95, pooled = agent_and_quiet(bundles, chosen, test, timers, args)
-    quiet = pooled
+    agent, quiet = agent_and_quiet(bundles, chosen, test, timers, args)
+    base = front.baseline.number
+
+    def median(figures: Figures, number: int, which: int) -> float:
+        return float(np.median([f[which] for f in figures[number]]))
+
+    def speedup(figures: Figures, number: int) -> float:  # p95, per alternation, then median
+        return float(np.median([b[1] / f[1] for b, f in
+                                zip(figures[base], figures[number], strict=True)]))
+
+    def spread(summary: tuple[float, float, float]) -> str:
+        mid, low, high = summary
+        return f"{mid:.3f} [{low:.2f}-{high:.2f}]"
+
     rows, out = [], []
-    base, quiet_base = front.baseline, quiet[front.baseline.number]
-    qb95 = float(np.percentile(quiet_base, 95))
     for r in chosen:
-        m, q = r.metrics, quiet[r.number]
-        q50, q95 = float(np.percentile(q, 50)), float(np.percentile(q, 95))
-        a50, a95 = agent_p50[r.number], agent_p95[r.number]
-        row = {"trial": r.number, "baseline": r.baseline, "timer": timers[r.number][0],
+        m, n = r.metrics, r.number
+        q50, q95 = median(quiet, n, 0), median(quiet, n, 1)
+        r50, r95 = ratio_summary(agent[n], quiet[n], 0), ratio_summary(agent[n], quiet[n], 1)
+        row = {"trial": n, "baseline": r.baseline, "timer": timers[n][0],
                "quiet_p50_ms": q50, "quiet_p95_ms": q95,
-               "agent_confirm_p50_ms": a50, "agent_confirm_p95_ms": a95,
+               "agent_confirm_p50_ms": median(agent, n, 0),
+               "agent_confirm_p95_ms": median(agent, n, 1),
+               "confirm_over_quiet_p50": r50, "confirm_over_quiet_p95": r95,
+               "per_alternation": {"agent": agent[n], "quiet": quiet[n]},
                "reported_p50_ms": m["latency_p50_ms"], "reported_p95_ms": m["latency_p95_ms"],
                "study_confirmed_p50_ms": m.get("confirmed_latency_p50_ms"),
                "study_confirmed_p95_ms": m.get("confirmed_latency_p95_ms"),
-               "quiet_speedup_p95": qb95 / q95,
-               "agent_confirm_speedup_p95": agent_p95[base.number] / a95,
-               "reported_speedup_p95": base.metrics["latency_p95_ms"] / m["latency_p95_ms"],
+               "quiet_speedup_p95": speedup(quiet, n),
+               "agent_confirm_speedup_p95": speedup(agent, n),
+               "reported_speedup_p95": front.baseline.metrics["latency_p95_ms"]
+               / m["latency_p95_ms"],
                "study_confirmed_speedup_p95": m.get("confirmed_speedup_p95"),
                "overlap_builds": m.get("overlap_builds"),
                "cpu_share": m.get("latency_cpu_share")}
         out.append(row)
-        rows.append([f"{r.number}{' (fp32)' if r.baseline else ''}", row["timer"], q50, q95,
-                     a50 / q50, a95 / q95, m["latency_p50_ms"] / q50, m["latency_p95_ms"] / q95,
-                     row["quiet_speedup_p95"], row["agent_confirm_speedup_p95"],
-                     row["reported_speedup_p95"], row["study_confirmed_speedup_p95"] or "-"])
+        rows.append([f"{n}{' (fp32)' if r.baseline else ''}", row["timer"], q50, q95,
+                     spread(r50), spread(r95), m["latency_p50_ms"] / q50,
+                     m["latency_p95_ms"] / q95, row["quiet_speedup_p95"],
+                     row["agent_confirm_speedup_p95"], row["reported_speedup_p95"],
+                     row["study_confirmed_speedup_p95"] or "-"])
     console.print(table(
         f"{args.study}: latency against a quiet timing of the same files ({args.alternations} "
         f"alternations of the agent's confirmation and the quiet timing, {args.runs} runs a "
-        f"turn" + (f", core {args.core}" if args.core is not None else "") + ")",
+        f"turn, {len(test)} test samples" +
+        (f", core {args.core}" if args.core is not None else "") + "; confirm/quiet: median "
+        "[lowest-highest] over the alternations)",
         ["trial", "quiet timer", "quiet p50 ms", "quiet p95 ms", "confirm/quiet p50",
          "confirm/quiet p95", "search/quiet p50", "search/quiet p95", "quiet speed-up p95",
          "confirm speed-up p95", "search speed-up p95", "study's confirmed speed-up p95"],
         rows))
     write_json(args.out, f"trust_{args.study}{'_' + args.label if args.label else ''}",
                {"study": args.study, "alternations": args.alternations, "runs": args.runs,
-                "core": args.core, "label": args.label, "rows": out})
+                "core": args.core, "label": args.label, "eval_samples": len(test),
+                "rows": out})
 
 
 if __name__ == "__main__":

@@ -90,16 +90,28 @@ def main_options(debug: Annotated[bool, typer.Option("--debug", help="Show trace
 @app.command()
 @_guard
 def validate(config: Annotated[Path, typer.Argument(help="Experiment YAML.")]) -> None:
-    """Check a config: every problem is listed with its field path."""
+    """Check a config: every problem is listed with its field path.
+
+    Also what a run would trip on later: the model factory and the data loader import and are
+    callable (neither is called), a checkpoint reads and loads strictly into the factory's
+    module (the factory is called once), an ONNX file loads in onnxruntime.
+    """
     from search.config import load_config
     from search.errors import ConfigError
+    from search.fleet.measurable import unmeasurable_problem
+    from search.study.checks import source_problems
 
     try:
-        load_config(config)
+        cfg = load_config(config)
+        problems = [f"{config}: {p}" for p in source_problems(cfg)]
+        unmeasurable = unmeasurable_problem(cfg)  # e.g. energy_mj with no counter
+        problems += [f"{config}: {unmeasurable}"] if unmeasurable else []
     except ConfigError as exc:
-        for problem in exc.problems:
-            errors.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        problems = list(exc.problems)
+    for problem in problems:
+        errors.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
     console.print(f"{config}: ok")
 
 

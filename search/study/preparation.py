@@ -85,11 +85,12 @@ def search_space(config: StudyConfig, builder: Builder) -> SearchSpace:
     e = config.early_exit
     return SearchSpace(
         quantization=quantization_space(config, builder.operators()),
-        pruning=PruningSpace(ratio_max=config.pruning.ratio_max,
+        pruning=PruningSpace(ratio_max=config.pruning.ratio_max if config.searches_pruning
+                             else 0.0,
                              ratio_step=config.pruning.ratio_step,
                              per_stage=config.pruning.per_stage,
                              num_stages=builder.num_stages),
-        exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=e.enabled,
+        exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=config.searches_exits,
                         threshold_low=e.threshold[0], threshold_high=e.threshold[1],
                         per_exit=e.thresholds == "per_exit", scale=e.scale,
                         confidences=e.measures))
@@ -114,28 +115,51 @@ def _check_quantization(config: StudyConfig, operators: Mapping[str, tuple[str, 
 
 def torch_model_spec(config: StudyConfig) -> TorchModelSpec:
     """The config's ``model`` and the parts of ``early_exit`` and ``quantization`` that shape
-    the torch model and its layer groups."""
+    the torch model and its layer groups; ``model.checkpoint`` is resolved against the config's
+    folder, and with it (or ``model.train: false``) nothing is trained."""
     from spaces.torch_model.preparation import TorchModelSpec
 
-    t, e = config.model.train_settings, config.early_exit
-    if config.model.factory is None:
+    m, e = config.model, config.early_exit
+    t = m.train_settings
+    if m.factory is None:
         raise ConfigError("model.factory: a torch model needs its factory")
     return TorchModelSpec(
-        factory=config.model.factory, base_dir=config.base_dir,
+        factory=m.factory, base_dir=config.base_dir,
         train=TrainSettings(epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
                             batch_size=t.batch_size, seed=t.seed),
         groups=config.quantization.groups,
         exit_heads=exit_head_spec(config) if e.enabled and e.after else None,
-        exit_loss_weights=tuple(e.heads.loss_weights or ()) if e.after is None else ())
+        exit_loss_weights=tuple(e.heads.loss_weights or ()) if e.after is None else (),
+        checkpoint=config.base_dir / m.checkpoint if m.checkpoint is not None else None,
+        trains=m.trains)
+
+
+def onnx_builder(config: StudyConfig, data: DataSplits, cache_dir: Path) -> Builder:
+    """The graph-only builder of ``model.onnx`` (no torch): its layer groups come from the
+    graph, or ``quantization.groups`` as node-name prefixes."""
+    from spaces.onnx_graph.preparation import OnnxModelSpec, prepare_onnx_builder
+
+    assert config.model.onnx is not None
+    spec = OnnxModelSpec(path=config.base_dir / config.model.onnx,
+                         groups=config.quantization.groups)
+    return prepare_onnx_builder(spec, data, build_settings(config), cache_dir,
+                                check_operators=lambda ops: _check_quantization(config, ops))
 
 
 def prepare(config: StudyConfig, cache_dir: Path) -> Prepared:
-    """Load the data, get a builder for the model (trained or loaded) and set up the space."""
+    """Load the data, get a builder for the model (an ONNX file's, or the torch model trained
+    or loaded) and set up the space (quantization only for an ONNX file)."""
+    data = load_data(config)
+    if config.model.onnx is not None:
+        try:
+            builder: Builder = onnx_builder(config, data, cache_dir)
+        except SpaceError as exc:
+            raise ConfigError(str(exc)) from exc
+        return Prepared(data=data, builder=builder, space=search_space(config, builder))
     from spaces.torch_model.preparation import prepare_torch_builder
 
-    data = load_data(config)
     try:
-        builder: Builder = prepare_torch_builder(
+        builder = prepare_torch_builder(
             torch_model_spec(config), data, build_settings(config), cache_dir,
             check_operators=lambda operators: _check_quantization(config, operators))
     except SpaceError as exc:
