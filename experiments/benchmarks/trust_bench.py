@@ -227,7 +227,7 @@ def main() -> None:
         f"alternations of the agent's confirmation and the quiet timing, {args.runs} runs a "
         f"turn, {len(test)} test samples" +
         (f", core {args.core}" if args.core is not None else "") + "; confirm/quiet: median "
-        "[lowest-highest] over the alternations)",
+        "and lowest-highest over the alternations)",
         ["trial", "quiet timer", "quiet p50 ms", "quiet p95 ms", "confirm/quiet p50",
          "confirm/quiet p95", "search/quiet p50", "search/quiet p95", "quiet speed-up p95",
          "confirm speed-up p95", "search speed-up p95", "study's confirmed speed-up p95"],

@@ -33,16 +33,21 @@ def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
     not among them (``peak_mem_mb``, ``energy_mj``, ...). ``acc`` is the selection split's
     (what the search decided with); once the study is confirmed, ``test acc`` is the held-out
     split's and the speed-up is the confirmed one (the baseline and the trial timed in one
-    process); before, it is the ratio of the two search measurements, taken at different
-    times."""
+    process) and so are the latencies; before, the latencies are the search's and the speed-up
+    is the ratio of two search measurements, taken at different times."""
     extra = [name for name in (objectives or ObjectiveSet.default()).names
              if name not in _SHOWN]
     confirmed = any("confirmed_speedup_p95" in r.metrics for r in records)
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right", no_wrap=True)
     table.add_column("candidate", no_wrap=True)
+    latency = ("confirmed_latency_p50_ms", "confirmed_latency_p95_ms",
+               "confirmed_latency_mean_ms") if confirmed else (
+               "latency_p50_ms", "latency_p95_ms", "latency_mean_ms")
+    timed = " (confirmed)" if confirmed else ""
     names = ["acc", "drop pp", *(["test acc", "test drop pp"] if confirmed else []),
-             "p50 ms", "p95 ms", "mean ms", "size KB", *(_header(n) for n in extra),
+             f"p50 ms{timed}", f"p95 ms{timed}", f"mean ms{timed}", "size KB",
+             *(_header(n) for n in extra),
              "speed-up p95 (confirmed)" if confirmed else "speed-up p95"]
     for name in names:
         table.add_column(name, justify="right")
@@ -61,9 +66,7 @@ def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
                       f"{m.get('accuracy', nan):.4f}",
                       f"{100 * m.get('accuracy_drop', nan):+.2f}",
                       *test,
-                      f"{m.get('latency_p50_ms', nan):.4f}",
-                      f"{m.get('latency_p95_ms', nan):.4f}",
-                      f"{m.get('latency_mean_ms', nan):.4f}",
+                      *(f"{m.get(name, nan):.4f}" for name in latency),
                       f"{m.get('size_kb', nan):.1f}",
                       *(f"{m.get(n, nan):.4g}" for n in extra),
                       f"{speedup:.2f}x")
