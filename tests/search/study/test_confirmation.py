@@ -52,3 +52,28 @@ def test_no_confirm_leaves_the_front_unconfirmed(write_config, tmp_path) -> None
     summary = run(write_config, tmp_path, agent, confirm=False)
     assert agent.confirm_requests == []
     assert all("test_accuracy" not in r.metrics for r in summary.records)
+
+
+def test_confirmed_speedups_are_the_median_of_per_round_ratios() -> None:
+    """A slow spell of the host during one of the baseline's turns inflates its pooled p95;
+    the speed-up is the median of the ratios taken round by round, seconds apart."""
+    from device_agents import Confirmation, LatencyStats, Measurement
+    from search.study.confirmation import confirmed_metrics
+
+    def measurement(p50: float, p95: float) -> Measurement:
+        latency = LatencyStats(mean_ms=p50, std_ms=0.01, p50_ms=p50, p90_ms=p95, p95_ms=p95,
+                               p99_ms=p95, n=500, median_ci_low_ms=p50, median_ci_high_ms=p50,
+                               converged=True)
+        return Measurement(bundle_digest="d", accuracy=0.9, n_eval=10, ece=0.0,
+                           exit_rates=(1.0,), latency=latency, size_kb=1.0, peak_mem_mb=1.0)
+
+    confirmation = Confirmation(
+        measurements=(measurement(1.0, 2.0), measurement(0.5, 0.5)),
+        round_p50_ms=((1.0, 1.0, 1.0, 1.0, 1.0), (0.5, 0.5, 0.5, 0.5, 0.5)),
+        round_p95_ms=((1.0, 1.0, 5.0, 1.0, 1.0), (0.5, 0.5, 0.5, 0.5, 0.5)),  # round 2 slow
+        rounds=5)
+    metrics = confirmed_metrics(confirmation, [0, 7], 0)
+    assert metrics[7]["confirmed_speedup_p95"] == pytest.approx(2.0)  # not 2.0 / 0.5 = 4x
+    assert metrics[7]["confirmed_speedup_p50"] == pytest.approx(2.0)
+    assert metrics[0]["confirmed_speedup_p95"] == pytest.approx(1.0)
+    assert metrics[7]["confirmed_latency_p95_ms"] == 0.5
