@@ -47,6 +47,16 @@ NO_TORCH = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture
+def no_torch_site(tmp_path: Path) -> Path:
+    """A site directory whose ``sitecustomize`` blocks torch in every Python started with it on
+    PYTHONPATH (a driver and the Ray workers it starts alike)."""
+    site = tmp_path / "no-torch-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(NO_TORCH)
+    return site
+
+
 @pytest.fixture(scope="session")
 def python_without_torch():
     """Runs ``script`` with arguments in a fresh Python where torch cannot be imported."""

@@ -38,15 +38,16 @@ def front_table(records: Sequence[TrialRecord], baseline: TrialRecord | None,
     extra = [name for name in (objectives or ObjectiveSet.default()).names
              if name not in _SHOWN]
     confirmed = any("confirmed_speedup_p95" in r.metrics for r in records)
+    if confirmed:
+        title += "; latencies and speed-up: the confirmation's"
     table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right", no_wrap=True)
     table.add_column("candidate", no_wrap=True)
     latency = ("confirmed_latency_p50_ms", "confirmed_latency_p95_ms",
                "confirmed_latency_mean_ms") if confirmed else (
                "latency_p50_ms", "latency_p95_ms", "latency_mean_ms")
-    timed = " (confirmed)" if confirmed else ""
     names = ["acc", "drop pp", *(["test acc", "test drop pp"] if confirmed else []),
-             f"p50 ms{timed}", f"p95 ms{timed}", f"mean ms{timed}", "size KB",
+             "p50 ms", "p95 ms", "mean ms", "size KB",
              *(_header(n) for n in extra),
              "speed-up p95 (confirmed)" if confirmed else "speed-up p95"]
     for name in names:

@@ -30,22 +30,6 @@ from spaces import ModelError, load_reference
 
 ROOT = Path(__file__).resolve().parents[3]
 EXPERIMENTS = ROOT / "experiments"
-#: A site directory whose ``sitecustomize`` makes ``import torch`` fail in every process
-#: started with it on PYTHONPATH (the driver and the Ray workers alike).
-NO_TORCH_SITE = textwrap.dedent('''
-    import importlib.abc
-    import sys
-
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-
-    sys.meta_path.insert(0, NoTorch())
-''')
 #: Runs ``paretoedge`` with the arguments given, then says whether torch got imported.
 CLI = textwrap.dedent('''
     import json, sys
@@ -165,14 +149,11 @@ def test_a_study_searches_precisions_only(tmp_path, digits_onnx) -> None:
     assert summary.front.members
 
 
-def _run_without_torch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    site = tmp_path / "no-torch-site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(NO_TORCH_SITE)
+def _run_without_torch(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
     path = os.pathsep.join(p for p in (str(site), str(ROOT), os.environ.get("PYTHONPATH"))
                            if p)
     return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=540, check=False,
+                          cwd=site.parent, timeout=540, check=False,
                           env={**os.environ, "PYTHONPATH": path})
 
 
@@ -183,11 +164,12 @@ def _no_torch_report(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return report
 
 
-def test_a_file_onnxruntime_cannot_load_exits_2_with_one_line(tmp_path) -> None:
+def test_a_file_onnxruntime_cannot_load_exits_2_with_one_line(tmp_path, no_torch_site) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     config = onnx_config(tmp_path, broken)
-    done = _run_without_torch(tmp_path, "run", str(config), "--workdir", str(tmp_path / "runs"))
+    done = _run_without_torch(no_torch_site, "run", str(config), "--workdir",
+                              str(tmp_path / "runs"))
     assert done.returncode == 2, done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and f"model.onnx: {broken}: " in errors[0]
@@ -197,10 +179,11 @@ def test_a_file_onnxruntime_cannot_load_exits_2_with_one_line(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.e2e
-def test_a_quantization_study_of_an_onnx_file_runs_without_torch(tmp_path, digits_onnx) -> None:
+def test_a_quantization_study_of_an_onnx_file_runs_without_torch(tmp_path, digits_onnx,
+                                                                no_torch_site) -> None:
     config = onnx_config(tmp_path, digits_onnx)
     runs = tmp_path / "runs"
-    done = _run_without_torch(tmp_path, "run", str(config), "--workdir", str(runs))
+    done = _run_without_torch(no_torch_site, "run", str(config), "--workdir", str(runs))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert _no_torch_report(done) == {"blocked": True, "torch_modules": []}
     assert "Feasible Pareto front of digits-onnx" in done.stdout
@@ -228,11 +211,11 @@ def test_a_quantization_study_of_an_onnx_file_runs_without_torch(tmp_path, digit
                for r in records)
     assert "test_accuracy" in baseline.metrics  # the confirmation ran
 
-    shown = _run_without_torch(tmp_path, "front", "digits-onnx", "--workdir", str(runs),
+    shown = _run_without_torch(no_torch_site, "front", "digits-onnx", "--workdir", str(runs),
                                "--format", "json")
     assert shown.returncode == 0, shown.stderr
     assert _no_torch_report(shown)["torch_modules"] == []
-    best = _run_without_torch(tmp_path, "best", "digits-onnx", "--workdir", str(runs),
+    best = _run_without_torch(no_torch_site, "best", "digits-onnx", "--workdir", str(runs),
                               "--maximize", "accuracy", "--format", "json")
     assert best.returncode == 0, best.stderr
     assert np.isfinite(baseline.metrics["latency_p95_ms"])
