@@ -139,11 +139,26 @@ def agent_and_quiet(bundles: dict[int, Path], chosen: list[Any], test: Any,
 
 
 def ratio_summary(agent: list[tuple[float, float]], quiet: list[tuple[float, float]],
-                  which: int) -> tuple[float, float, float]:
-    """The median, lowest and highest over the alternations of agent / quiet for p50
-    (``which`` 0) or p95 (1)."""
-    ratios = [a[which] / q[which] for a, q in zip(agent, quiet, strict=True)]
+                  which: int, keep: list[bool] | None = None) -> tuple[float, float, float]:
+    """The median, lowest and highest over the alternations (those ``keep`` marks, when
+    given) of agent / quiet for p50 (``which`` 0) or p95 (1); NaNs when none is kept."""
+    ratios = [a[which] / q[which] for k, (a, q) in enumerate(zip(agent, quiet, strict=True))
+              if keep is None or keep[k]]
+    if not ratios:
+        return float("nan"), float("nan"), float("nan")
     return float(np.median(ratios)), min(ratios), max(ratios)
+
+
+#: Two timings of one alternation saw the host in the same state when their fp32 baselines'
+#: p50 agree within this (the host flips between states tens of percent apart).
+SAME_STATE = 0.10
+
+
+def same_state(agent: Figures, quiet: Figures, baseline: int) -> list[bool]:
+    """Per alternation: whether the agent's and the quiet timing's baseline p50 agree within
+    :data:`SAME_STATE` (the rule is fixed before the comparison, on the baseline only)."""
+    return [abs(a[0] / q[0] - 1) <= SAME_STATE
+            for a, q in zip(agent[baseline], quiet[baseline], strict=True)]
 
 
 def main() -> None:
@@ -193,18 +208,23 @@ def main() -> None:
 
     def spread(summary: tuple[float, float, float]) -> str:
         mid, low, high = summary
-        return f"{mid:.3f} [{low:.2f}-{high:.2f}]"
+        return f"{mid:.3f} ({low:.2f}-{high:.2f})"
 
+    keep = same_state(agent, quiet, base)
     rows, out = [], []
     for r in chosen:
         m, n = r.metrics, r.number
         q50, q95 = median(quiet, n, 0), median(quiet, n, 1)
         r50, r95 = ratio_summary(agent[n], quiet[n], 0), ratio_summary(agent[n], quiet[n], 1)
+        s50 = ratio_summary(agent[n], quiet[n], 0, keep)
+        s95 = ratio_summary(agent[n], quiet[n], 1, keep)
         row = {"trial": n, "baseline": r.baseline, "timer": timers[n][0],
                "quiet_p50_ms": q50, "quiet_p95_ms": q95,
                "agent_confirm_p50_ms": median(agent, n, 0),
                "agent_confirm_p95_ms": median(agent, n, 1),
                "confirm_over_quiet_p50": r50, "confirm_over_quiet_p95": r95,
+               "same_state_confirm_over_quiet_p50": s50,
+               "same_state_confirm_over_quiet_p95": s95,
                "per_alternation": {"agent": agent[n], "quiet": quiet[n]},
                "reported_p50_ms": m["latency_p50_ms"], "reported_p95_ms": m["latency_p95_ms"],
                "study_confirmed_p50_ms": m.get("confirmed_latency_p50_ms"),
@@ -218,7 +238,8 @@ def main() -> None:
                "cpu_share": m.get("latency_cpu_share")}
         out.append(row)
         rows.append([f"{n}{' (fp32)' if r.baseline else ''}", row["timer"], q50, q95,
-                     spread(r50), spread(r95), m["latency_p50_ms"] / q50,
+                     spread(r50), spread(r95), spread(s50), spread(s95),
+                     m["latency_p50_ms"] / q50,
                      m["latency_p95_ms"] / q95, row["quiet_speedup_p95"],
                      row["agent_confirm_speedup_p95"], row["reported_speedup_p95"],
                      row["study_confirmed_speedup_p95"] or "-"])
@@ -229,12 +250,14 @@ def main() -> None:
         (f", core {args.core}" if args.core is not None else "") + "; confirm/quiet: median "
         "and lowest-highest over the alternations)",
         ["trial", "quiet timer", "quiet p50 ms", "quiet p95 ms", "confirm/quiet p50",
-         "confirm/quiet p95", "search/quiet p50", "search/quiet p95", "quiet speed-up p95",
+         "confirm/quiet p95", f"same state ({sum(keep)}) p50", "same state p95",
+         "search/quiet p50", "search/quiet p95", "quiet speed-up p95",
          "confirm speed-up p95", "search speed-up p95", "study's confirmed speed-up p95"],
         rows))
     write_json(args.out, f"trust_{args.study}{'_' + args.label if args.label else ''}",
                {"study": args.study, "alternations": args.alternations, "runs": args.runs,
                 "core": args.core, "label": args.label, "eval_samples": len(test),
+                "same_state": keep, "same_state_tolerance": SAME_STATE,
                 "rows": out})
 
 
