@@ -3,7 +3,7 @@
 The driver writes ``<workdir>/<study>/driver.json`` with its pid and, once its agents are up,
 the processes it started (the local Ray cluster: raylet, GCS, agents). A driver killed with
 SIGKILL leaves some of them behind (Ray's dashboard and runtime-env agents outlive it,
-docs/STACK_FACTS.md); the next run of the study finds the record, sees that its driver is gone, and
+docs/STACK.md); the next run of the study finds the record, sees that its driver is gone, and
 ends exactly the recorded processes that still run (same pid and same start time, so a reused
 pid is never hit).
 It also removes the journal's lock file if the killed driver held it and cuts a line it left

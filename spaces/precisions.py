@@ -2,7 +2,7 @@
 
 ``int8``: static QDQ (activations and weights, fused integer kernels); ``int8_wo``/``int4_wo``:
 weight-only ``MatMulNBits`` (MatMul/Linear layers only); ``fp16``: weights stored in float16
-and computed in float32 (a size option, never faster on CPU; docs/STACK_FACTS.md).
+and computed in float32 (a size option, never faster on CPU; docs/STACK.md).
 """
 
 from __future__ import annotations

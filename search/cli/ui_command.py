@@ -1,7 +1,7 @@
 """``paretoedge ui``: the real MLflow server for a workdir's store, with lean settings.
 
 One worker and no job runner (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``): about 0.5 GB and
-ready in seconds, against 2.6 GB and 14 s for the defaults (docs/STACK_FACTS.md). It listens on the
+ready in seconds, against 2.6 GB and 14 s for the defaults (docs/STACK.md). It listens on the
 loopback interface only.
 """
 

@@ -63,7 +63,7 @@ def local_core_plan(cpu_count: int, agents: int) -> tuple[list[tuple[int, ...]],
     """Cores for each local agent (the last cores, one each) and for the builder (the rest).
 
     A measuring agent must not share its core with model building or another measurement
-    (docs/STACK_FACTS.md); when there are too few cores the builder keeps core 0 and agents
+    (docs/STACK.md); when there are too few cores the builder keeps core 0 and agents
     double up.
     """
     if cpu_count <= 1:

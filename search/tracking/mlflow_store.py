@@ -2,7 +2,7 @@
 runs. :mod:`search.tracking.mlflow_sync` decides what to write; this module only knows how.
 
 The driver is the only writer while a study runs (sqlite is not for parallel writers,
-docs/STACK_FACTS.md); ``paretoedge sync`` writes only when no driver runs the study.
+docs/STACK.md); ``paretoedge sync`` writes only when no driver runs the study.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Static int8 quantization with onnxruntime (QDQ), and a check of what ORT really fused.
 
 On x86 only uint8 activations with int8 weights (U8S8) run as fused integer kernels; int8
-activations stay ``DequantizeLinear -> float op`` (see docs/STACK_FACTS.md). U8S8 per-channel is the
+activations stay ``DequantizeLinear -> float op`` (see docs/STACK.md). U8S8 per-channel is the
 default on x86, S8S8 per-channel on ARM (:func:`device_agents.profiles.int8_activation_type`).
 
 A layer group left in float between two int8 groups of one graph reads a ``DequantizeLinear`` and

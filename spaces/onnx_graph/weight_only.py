@@ -4,7 +4,7 @@
 ``Gemm`` nodes the exporter writes for ``nn.Linear`` are first rewritten to ``MatMul + Add``.
 fp16 is a size option: the weights are stored as float16 and cast back to float32 when the
 session starts (onnxruntime folds the cast), so a group computes exactly as fp32 from half-size
-weights; on CPU, real fp16 kernels would be slower (docs/STACK_FACTS.md).
+weights; on CPU, real fp16 kernels would be slower (docs/STACK.md).
 
 All functions edit an ``onnx.ModelProto`` in place and take the names of the nodes to change.
 """

@@ -84,7 +84,7 @@ def _excluding(float_graph: Path, calibration: np.ndarray, target: Path,
 
 def test_nodes_to_exclude_stay_float(float_graph: Path, calibration: np.ndarray,
                                      tmp_path: Path) -> None:
-    """The first layer group left fp32 (docs/STACK_FACTS.md: first/last layer fp32 is what makes
+    """The first layer group left fp32 (docs/STACK.md: first/last layer fp32 is what makes
     int8 win on small models): its nodes keep float weights and ORT runs them as float ops."""
     full = tmp_path / "full.onnx"
     quantize_int8(float_graph, full, calibration, settings=QuantSettings())
@@ -162,7 +162,7 @@ def test_onnxruntime_requantizes_an_interior_float_conv_by_default(
 
 def test_s8s8_quantizes_the_same_ops(float_graph: Path, calibration: np.ndarray,
                                      tmp_path: Path) -> None:
-    """docs/STACK_FACTS.md says x86 leaves int8-activation QDQ as Dequantize -> float op. On the
+    """docs/STACK.md says x86 leaves int8-activation QDQ as Dequantize -> float op. On the
     machine these tests were written on (AMD EPYC, AVX-512 VNNI, onnxruntime 1.32) it fused every
     op, so only what holds on both is asserted: the same ops are quantized, never better fused."""
     u8 = tmp_path / "u8s8.onnx"
