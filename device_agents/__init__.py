@@ -27,6 +27,7 @@ from device_agents.errors import (
     MeasurementError,
 )
 from device_agents.eval_set import EvalSet, EvalSetPayload
+from device_agents.operator_profile import OperatorProfile, OperatorTime, profile_bundle
 from device_agents.protocol import (
     AgentActivity,
     BundleRef,
@@ -37,6 +38,7 @@ from device_agents.protocol import (
     MeasurementProtocol,
     MeasureRequest,
     PercentileCI,
+    ProfileRequest,
 )
 
 __all__ = [
@@ -64,11 +66,15 @@ __all__ = [
     "Measurement",
     "MeasurementError",
     "MeasurementProtocol",
+    "OperatorProfile",
+    "OperatorTime",
     "PercentileCI",
     "Prediction",
     "Preprocessing",
+    "ProfileRequest",
     "StageSpec",
     "bundle_digest",
+    "profile_bundle",
     "read_manifest",
     "verify_bundle",
     "write_bundle",

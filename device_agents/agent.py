@@ -21,6 +21,7 @@ from device_agents.bundle import BundlePayload
 from device_agents.errors import EvalSetError, MeasurementError
 from device_agents.eval_set import EvalSet, EvalSetPayload
 from device_agents.measure import confirm_bundles, device_fingerprint, measure_bundle
+from device_agents.operator_profile import OperatorProfile, profile_bundle
 from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers
 from device_agents.protocol import (
     AgentActivity,
@@ -28,13 +29,14 @@ from device_agents.protocol import (
     ConfirmRequest,
     Measurement,
     MeasureRequest,
+    ProfileRequest,
 )
 
 if TYPE_CHECKING:
     from ray import ObjectRef
 
 T = TypeVar("T")
-R = TypeVar("R", Measurement, Confirmation)
+R = TypeVar("R", Measurement, Confirmation, OperatorProfile)
 
 
 @runtime_checkable
@@ -217,6 +219,31 @@ class LocalDeviceAgent:
             self.last_heartbeat = time.time()
             return replace(confirmation, agent_s=time.perf_counter() - started)
 
+    def profile(self, request: ProfileRequest) -> OperatorProfile:
+        """Profile one bundle with onnxruntime's profiler (``operator_profile.py``) in a fresh
+        measuring process, after verifying its sha256 as :meth:`measure` does; holds the same
+        lock (one at a time)."""
+        with self._lock:
+            self.last_heartbeat = time.time()
+            directory = self.cached_bundle(request.bundle_digest, request.bundle)
+            if self.isolate:
+                eval_path = self.eval_set_path(request.eval_set_digest, request.eval_set)
+                profile = self._run_in_child({
+                    "kind": "profile", "directory": str(directory), "eval_set": str(eval_path),
+                    "digest": request.bundle_digest, "runs": request.runs,
+                    "warmup_runs": request.warmup_runs, "threads": request.threads},
+                    OperatorProfile)
+            else:
+                eval_set = self.eval_set(request.eval_set_digest, request.eval_set)
+                profile = profile_bundle(
+                    directory, eval_set.inputs, runs=request.runs,
+                    warmup_runs=request.warmup_runs, threads=request.threads,
+                    providers=self.providers, expected_digest=request.bundle_digest,
+                    agent_id=self.agent_id,
+                    fingerprint=device_fingerprint(request.threads, self.providers))
+            self.last_heartbeat = time.time()
+            return profile
+
     def _run_in_child(self, job: dict[str, Any], result_type: type[R]) -> R:
         """Run a job (``device_agents.measure_child``) in a fresh measuring process: the
         spare, already past its imports (a new one when it is gone); the next spare starts now
@@ -322,10 +349,22 @@ class FakeAgent:
         self.confirm_handler = confirm_handler
         self.requests: list[MeasureRequest] = []
         self.confirm_requests: list[ConfirmRequest] = []
+        self.profile_requests: list[ProfileRequest] = []
 
     def measure(self, request: MeasureRequest) -> Measurement:
         self.requests.append(request)
         return self.handler(request)
+
+    def profile(self, request: ProfileRequest) -> OperatorProfile:
+        """A real profile (``profile_bundle``, in this process) of the request's bundle."""
+        self.profile_requests.append(request)
+        bundle = _resolve(request.bundle)
+        eval_set = _resolve(request.eval_set).load()
+        with tempfile.TemporaryDirectory(prefix="fake-agent-") as tmp:
+            directory = bundle.materialize(Path(tmp))
+            return profile_bundle(directory, eval_set.inputs, runs=request.runs,
+                                  warmup_runs=request.warmup_runs, threads=request.threads,
+                                  expected_digest=request.bundle_digest, agent_id="fake")
 
     def confirm(self, request: ConfirmRequest) -> Confirmation:
         self.confirm_requests.append(request)

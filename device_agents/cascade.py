@@ -104,21 +104,29 @@ class CascadeRunner:
     """
 
     def __init__(self, directory: Path | str, manifest: BundleManifest, *, threads: int = 1,
-                 providers: Sequence[ProviderLike] = (CPU_PROVIDER,)) -> None:
+                 providers: Sequence[ProviderLike] = (CPU_PROVIDER,),
+                 profile_prefix: str | None = None) -> None:
         import onnxruntime as ort
 
         self.directory = Path(directory)
         self.manifest = manifest
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+        def options(k: int) -> ort.SessionOptions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if profile_prefix is not None:  # onnxruntime's profiler (operator_profile.py)
+                options.enable_profiling = True
+                options.profile_file_prefix = f"{profile_prefix}_stage{k}"
+            return options
+
         self._sessions = [
-            ort.InferenceSession(str(self.directory / stage.file), options,
+            ort.InferenceSession(str(self.directory / stage.file), options(k),
                                  providers=session_providers(providers),
                                  disabled_optimizers=list(manifest.disabled_optimizers))
-            for stage in manifest.stages
+            for k, stage in enumerate(manifest.stages)
         ]
         self._input_names = [s.get_inputs()[0].name for s in self._sessions]
         self._output_names = [[o.name for o in s.get_outputs()] for s in self._sessions]
@@ -156,6 +164,14 @@ class CascadeRunner:
     @property
     def num_stages(self) -> int:
         return len(self._sessions)
+
+    def profiling_start_ns(self) -> list[int]:
+        """When each stage's profiler started (epoch ns), opened with ``profile_prefix``."""
+        return [int(s.get_profiling_start_time_ns()) for s in self._sessions]
+
+    def end_profiling(self) -> list[str]:
+        """Stop the profilers; return each stage's trace file (onnxruntime's JSON)."""
+        return [str(s.end_profiling()) for s in self._sessions]
 
     def preprocess(self, raw: np.ndarray) -> np.ndarray:
         batch = raw.reshape(self.manifest.input.shape)

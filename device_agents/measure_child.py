@@ -2,8 +2,9 @@
 
 ``JOB`` is a JSON file: its ``kind``, the eval-set file, the protocol, providers, cores, and
 for ``measure`` (the default) one bundle directory and digest, for ``confirm`` several, with
-their keys, the rounds and the runs per round. The :class:`Measurement` (``measure``) or
-:class:`Confirmation` (``confirm``) is pickled to ``RESULT``. The agent uses one process per
+their keys, the rounds and the runs per round, for ``profile`` one bundle and the runs. The
+:class:`Measurement` (``measure``), :class:`Confirmation` (``confirm``) or
+:class:`OperatorProfile` (``profile``) is pickled to ``RESULT``. The agent uses one process per
 measurement, so that peak memory is the bundle's own and a crash of onnxruntime costs one
 trial, not the agent. ``python -m device_agents.measure_child --wait PARENT_PID [CORES]``
 starts a spare: it imports everything (on ``CORES``, e.g. ``0,2``, when given), then reads
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from device_agents.eval_set import EvalSet
-from device_agents.measure import confirm_bundles, measure_bundle
+from device_agents.measure import confirm_bundles, device_fingerprint, measure_bundle
+from device_agents.operator_profile import OperatorProfile, profile_bundle
 from device_agents.protocol import Confirmation, Measurement, MeasurementProtocol
 
-#: What a job asks for: one measurement, or a confirmation of several bundles.
-JOB_KINDS = ("measure", "confirm")
+#: What a job asks for: one measurement, a confirmation of several bundles, or a profile.
+JOB_KINDS = ("measure", "confirm", "profile")
 
 
 def die_with_parent(parent_pid: int | None) -> None:
@@ -57,14 +59,20 @@ def main(job_path: str, result_path: str) -> int:
     return 0
 
 
-def run_job(job: dict[str, Any]) -> Measurement | Confirmation:
+def run_job(job: dict[str, Any]) -> Measurement | Confirmation | OperatorProfile:
     """Run a job (as the agent writes it) in this process."""
     kind = job.get("kind", "measure")
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
     eval_set = EvalSet.from_bytes(Path(job["eval_set"]).read_bytes())
-    protocol = MeasurementProtocol.from_dict(job["protocol"])
     providers = tuple(job["providers"])
+    if kind == "profile":
+        return profile_bundle(Path(job["directory"]), eval_set.inputs, runs=job["runs"],
+                              warmup_runs=job["warmup_runs"], threads=job["threads"],
+                              providers=providers, expected_digest=job["digest"],
+                              agent_id=job["agent_id"],
+                              fingerprint=device_fingerprint(job["threads"], providers))
+    protocol = MeasurementProtocol.from_dict(job["protocol"])
     if kind == "confirm":
         return confirm_bundles([Path(d) for d in job["directories"]], eval_set, protocol,
                                rounds=job["rounds"], runs_per_round=job["runs_per_round"],

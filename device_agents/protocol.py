@@ -98,6 +98,21 @@ class MeasureRequest:
 
 
 @dataclass(frozen=True)
+class ProfileRequest:
+    """One bundle to profile with onnxruntime's profiler (``operator_profile.py``): ``runs``
+    inferences after ``warmup_runs``, cycling through the eval set's inputs."""
+
+    bundle_digest: str
+    bundle: BundlePayload | ObjectRef[BundlePayload]
+    eval_set_digest: str
+    eval_set: EvalSetPayload | ObjectRef[EvalSetPayload]
+    threads: int = 1
+    runs: int = 1000
+    warmup_runs: int = 50
+    trial_number: int | None = None
+
+
+@dataclass(frozen=True)
 class AgentActivity:
     """What an agent is measuring now, as it says itself: the bundle, the trial, and for how
     long (its own clock: no skew between machines). A job's timeout counts from here, not

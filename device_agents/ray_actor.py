@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from device_agents.agent import LocalDeviceAgent
+from device_agents.operator_profile import OperatorProfile
 from device_agents.profiles import CPU_PROVIDER, ProviderLike, as_providers
 from device_agents.protocol import (
     AgentActivity,
@@ -15,6 +16,7 @@ from device_agents.protocol import (
     ConfirmRequest,
     Measurement,
     MeasureRequest,
+    ProfileRequest,
 )
 from device_agents.registry import (
     AGENT_NAMESPACE,
@@ -72,6 +74,10 @@ class DeviceAgentActor:
         """Several bundles timed interleaved in one measuring process (holds the same lock as
         ``measure``: one at a time)."""
         return self._agent.confirm(request)
+
+    def profile(self, request: ProfileRequest) -> OperatorProfile:
+        """Where the bundle's time goes, by onnxruntime's profiler (same lock as ``measure``)."""
+        return self._agent.profile(request)
 
     def info(self) -> dict[str, Any]:
         import ray

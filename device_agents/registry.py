@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from ray import ObjectRef
     from ray.actor import ActorHandle
 
+    from device_agents.operator_profile import OperatorProfile
     from device_agents.protocol import (
         AgentActivity,
         Confirmation,
         ConfirmRequest,
         Measurement,
         MeasureRequest,
+        ProfileRequest,
     )
 
 #: Ray namespace of every agent actor.
@@ -63,6 +65,13 @@ class RemoteConfirm(Protocol):
     def remote(self, request: ConfirmRequest) -> ObjectRef[Confirmation]: ...
 
 
+class RemoteProfile(Protocol):
+    """:meth:`DeviceAgentActor.profile <device_agents.ray_actor.DeviceAgentActor.profile>`,
+    called through Ray."""
+
+    def remote(self, request: ProfileRequest) -> ObjectRef[OperatorProfile]: ...
+
+
 class AgentHandle(Protocol):
     """The Ray actor handle of an agent (a :class:`ray.actor.ActorHandle` of
     :class:`~device_agents.ray_actor.DeviceAgentActor`), as its callers use it: each method's
@@ -78,6 +87,9 @@ class AgentHandle(Protocol):
 
     @property
     def confirm(self) -> RemoteConfirm: ...
+
+    @property
+    def profile(self) -> RemoteProfile: ...
 
     @property
     def info(self) -> RemoteCall[dict[str, Any]]: ...

@@ -380,6 +380,15 @@ class ConfirmConfig(_Strict):
     runs_per_round: int = Field(1000, ge=10, le=1_000_000)
 
 
+class ProfilingConfig(_Strict):
+    """Per-operator profiles of the front at a study's end (after the confirmation): each
+    member's bundle profiled by an agent with onnxruntime's profiler over ``runs`` inferences
+    of the test split; logged to MLflow, printed by ``paretoedge profile``."""
+
+    enabled: bool = True
+    runs: int = Field(1000, ge=10, le=1_000_000)
+
+
 class SearchConfig(_Strict):
     """The sampler and the budgets: trials, wall-clock time, and patience."""
 
@@ -444,6 +453,7 @@ class StudyConfig(_Strict):
     early_exit: EarlyExitConfig = EarlyExitConfig()
     measurement: MeasurementConfig = MeasurementConfig()
     confirm: ConfirmConfig = ConfirmConfig()
+    profiling: ProfilingConfig = ProfilingConfig()
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
     base_dir: Path = Field(Path("."), exclude=True)

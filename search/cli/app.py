@@ -217,6 +217,41 @@ def confirm_command(study: Annotated[str, typer.Argument(help="Study name.")],
                               result.objectives))
 
 
+@app.command(name="profile")
+@_guard
+def profile_command(study: Annotated[str, typer.Argument(help="Study name.")],
+                    trial: Annotated[int, typer.Option("--trial", help="Trial number.")],
+                    workdir: WorkdirOption = Path("runs"),
+                    runs: Annotated[int | None, typer.Option(
+                        help="Inferences to profile (default: the study's profiling.runs).",
+                        min=10)] = None,
+                    again: Annotated[bool, typer.Option(
+                        "--again", help="Take a new profile even when one is stored.")] = False,
+                    output: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+    """Where a trial's bundle spends its time: per operator type and stage, exit heads,
+    (de)quantize nodes and layout transposes apart, the gaps between operators, preprocessing
+    and the Python around the sessions (onnxruntime's profiler, on an agent of the study's
+    class, over the test split). The front's profiles are taken when the study ends; others
+    are taken now."""
+    from search.results.profile_report import profile_csv, profile_table
+    from search.results.profile_store import read_profile
+    from search.study.profiling import profile_stored_study
+    from search.workspace import Workspace
+
+    workspace = Workspace(workdir.resolve(), study)
+    workspace.require()
+    profile = None if again or runs else read_profile(workspace, trial)
+    if profile is None:
+        _, profile = profile_stored_study(workspace, trial, runs=runs)
+    if output == Format.json:
+        print(json.dumps(profile.to_dict(), indent=2))
+    elif output == Format.csv:
+        print(profile_csv(profile), end="")
+    else:
+        console.print(profile_table(profile, f"Profile of {study} trial {trial}: time per "
+                                             f"inference by operator"))
+
+
 @app.command()
 @_guard
 def sync(study: Annotated[str, typer.Argument(help="Study name.")],

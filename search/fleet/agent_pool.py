@@ -24,7 +24,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agents import Confirmation, ConfirmRequest, MeasureRequest
+from device_agents import (
+    Confirmation,
+    ConfirmRequest,
+    MeasureRequest,
+    OperatorProfile,
+    ProfileRequest,
+)
 from device_agents.registry import (
     AGENT_NAMESPACE,
     AgentName,
@@ -286,6 +292,23 @@ class RayAgentPool:
                                         f"{self.timeout_s * len(request.bundles):.0f} s")
         confirmation: Confirmation = ray.get(ref)
         return confirmation
+
+    def profile(self, request: ProfileRequest) -> OperatorProfile:
+        """Profile one bundle on one free agent (onnxruntime's profiler) and wait for it."""
+        import ray
+
+        if not self.wait_for_free_slot():
+            raise AgentUnavailableError(f"no free agent of device class {self.device_class!r} "
+                                        f"to profile on")
+        agent = self._free_agents()[0]
+        ref = agent.handle.profile.remote(request)
+        ready, _ = ray.wait([ref], timeout=self.timeout_s)
+        if not ready:
+            self._lost(agent, "timed out profiling", True)
+            raise AgentUnavailableError(f"agent {agent.agent_id} did not finish the profile "
+                                        f"within {self.timeout_s:.0f} s")
+        profile: OperatorProfile = ray.get(ref)
+        return profile
 
     def wait_for_free_slot(self, timeout: float | None = None) -> bool:
         """Wait (up to ``timeout``, default ``wait_for_agents_s``) until an agent is free,

@@ -12,6 +12,8 @@ from device_agents import (
     DeviceAgent,
     Measurement,
     MeasureRequest,
+    OperatorProfile,
+    ProfileRequest,
 )
 
 
@@ -71,6 +73,13 @@ class InlineDispatcher:
         if not isinstance(self.agent, ConfirmingAgent):
             raise TypeError(f"{type(self.agent).__name__} cannot confirm (no confirm method)")
         return self.agent.confirm(request)
+
+    def profile(self, request: ProfileRequest) -> OperatorProfile:
+        profile = getattr(self.agent, "profile", None)
+        if profile is None:
+            raise TypeError(f"{type(self.agent).__name__} cannot profile (no profile method)")
+        result: OperatorProfile = profile(request)
+        return result
 
     def submit(self, key: int, request: MeasureRequest) -> None:
         try:

@@ -147,19 +147,13 @@ def store_confirmation(study: optuna.Study, attr: Mapping[str, Any]) -> None:
     study.set_user_attr(CONFIRMATION_ATTR, dict(attr))
 
 
-def confirm_stored_study(workspace: Workspace, *, rounds: int | None = None,
-                         runs_per_round: int | None = None,
-                         dispatcher_factory: DispatcherFactory | None = None
-                         ) -> tuple[list[TrialRecord], StudyConfig, ConfirmSettings]:
-    """``paretoedge confirm STUDY``: confirm a stored study with agents like its run's (the
-    study's ``confirm`` settings unless ``rounds``/``runs_per_round`` are given)."""
+def stored_study(workspace: Workspace, doing: str
+                 ) -> tuple[optuna.Study, StudyConfig, ObjectiveSet]:
+    """A finished study, its config (as it was run) and its objectives, to ``doing`` with its
+    own agents; a study still running, or one without a stored config, is an error."""
     import optuna
 
-    from search.config import StudyConfig
     from search.errors import ConfigError, SearchError
-    from search.fleet.study_pool import default_dispatcher
-    from search.records import records_of
-    from search.study.preparation import load_data
     from search.study_lock import StudyLock
     from search.workspace import open_storage
 
@@ -167,17 +161,43 @@ def confirm_stored_study(workspace: Workspace, *, rounds: int | None = None,
     driver = StudyLock(workspace).running_driver()
     if driver is not None:
         raise SearchError(f"study {workspace.study!r} is running (driver pid {driver}); it "
-                          f"confirms its front itself when it ends")
+                          f"will {doing} itself when it ends")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=workspace.study, storage=open_storage(workspace.journal))
     attrs = study.user_attrs
     if "config" not in attrs or "config_dir" not in attrs:
-        raise ConfigError(f"study {workspace.study!r} keeps no config to confirm it with (run "
+        raise ConfigError(f"study {workspace.study!r} keeps no config to {doing} with (run "
                           f"it once with this version of paretoedge)")
-    # ranked under the objectives the study was searched with (stored with it)
+    return study, stored_config(attrs), ObjectiveSet.of_study(attrs)
+
+
+def stored_config(attrs: Mapping[str, Any]) -> StudyConfig:
+    """The config a study was run with, from its user attrs, under the objectives it was
+    searched with. The stored dump holds every field, ``model.train``'s defaults too, which a
+    model given trained (a checkpoint, an ONNX file) must not name: they are dropped."""
+    from search.config import StudyConfig
+
+    stored = dict(attrs["config"])
+    model = dict(stored.get("model") or {})
+    if model.get("checkpoint") is not None or model.get("onnx") is not None:
+        model.pop("train", None)
     objectives = ObjectiveSet.of_study(attrs)
-    config = StudyConfig.model_validate({**attrs["config"], "base_dir": attrs["config_dir"],
-                                         "objectives": objectives.to_attr()})
+    return StudyConfig.model_validate({**stored, "model": model, "base_dir": attrs["config_dir"],
+                                       "objectives": objectives.to_attr()})
+
+
+def confirm_stored_study(workspace: Workspace, *, rounds: int | None = None,
+                         runs_per_round: int | None = None,
+                         dispatcher_factory: DispatcherFactory | None = None
+                         ) -> tuple[list[TrialRecord], StudyConfig, ConfirmSettings]:
+    """``paretoedge confirm STUDY``: confirm a stored study with agents like its run's (the
+    study's ``confirm`` settings unless ``rounds``/``runs_per_round`` are given)."""
+    from search.errors import ConfigError
+    from search.fleet.study_pool import default_dispatcher
+    from search.records import records_of
+    from search.study.preparation import load_data
+
+    study, config, objectives = stored_study(workspace, "confirm its front")
     settings = ConfirmSettings(rounds=rounds or config.confirm.rounds,
                                runs_per_round=runs_per_round or config.confirm.runs_per_round,
                                threads=config.device.threads)

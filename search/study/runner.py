@@ -437,6 +437,8 @@ class StudyRunner:
                     if options.confirm and self.config.confirm.enabled and \
                             stop_reason != INTERRUPTED_BY_USER:  # Ctrl-C: `confirm` later
                         self._confirm(prepared, dispatcher)
+                        if self.config.profiling.enabled:
+                            self._profile(prepared, dispatcher)
             except (KeyboardInterrupt, SystemExit):
                 stop_reason = INTERRUPTED_BY_USER
                 with contextlib.suppress(Exception):  # keep what finished just before
@@ -486,6 +488,25 @@ class StudyRunner:
         if attr:
             store_confirmation(self._study, attr)
             self._log = TrialLog.load(self._study)
+
+    def _profile(self, prepared: Prepared, dispatcher: Dispatcher) -> None:
+        """Where the baseline's and the front's time goes, per operator, by one agent over the
+        test split (:mod:`search.study.profiling`); a failure leaves the study as it is."""
+        from search.study.profiling import Profiler, profile_records
+
+        members = to_confirm(self.records(), self.config.constraints.max_accuracy_drop,
+                             self.objectives)
+        if not members or not isinstance(dispatcher, Profiler):
+            return
+        runs = self.config.profiling.runs
+        self._show(f"profiling {len(members)} bundles: {runs} inferences each, test split")
+        test = EvalSetPayload.from_eval_set(prepared.data.test_set())
+        try:
+            profile_records(members, self.workspace, dispatcher, test, dispatcher.share(test),
+                            runs=runs, threads=self.config.device.threads)
+        except Exception as exc:  # the study stands; `paretoedge profile` takes one later
+            self.monitor.print(f"[red]profiling failed[/red] ({type(exc).__name__}: {exc}); "
+                               f"run `paretoedge profile {self.config.study} --trial N` later")
 
     def _run_baseline(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
                       eval_ref: Any) -> None:

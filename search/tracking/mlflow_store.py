@@ -26,6 +26,7 @@ ROLE_TAG = "paretoedge.role"
 TRIAL_TAG = "trial_number"
 BUNDLE_LOGGED_TAG = "bundle_logged"
 CONFIRMED_TAG = "confirmed"
+PROFILED_TAG = "profiled"
 
 
 def tracking_uri(workdir: Path) -> str:
@@ -82,6 +83,8 @@ class ChildRun:
     bundle_logged: bool
     #: which confirmation its confirmed metrics come from (``""``: none logged)
     confirmed: str = ""
+    #: which per-operator profile its run holds (``""``: none logged)
+    profiled: str = ""
 
 
 class MlflowStore:
@@ -149,7 +152,8 @@ class MlflowStore:
                 self.children[int(number)] = ChildRun(
                     child.info.run_id, child.info.status, child.data.tags.get("pareto") == "true",
                     child.data.tags.get(BUNDLE_LOGGED_TAG) == "true",
-                    child.data.tags.get(CONFIRMED_TAG, ""))
+                    child.data.tags.get(CONFIRMED_TAG, ""),
+                    child.data.tags.get(PROFILED_TAG, ""))
 
     def trial_runs(self) -> list[Any]:
         """Every trial run of the study (``mlflow.entities.Run``), paging through them all."""
@@ -210,11 +214,14 @@ class MlflowStore:
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in files.items():
                 path = Path(tmp) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(content, bytes):
                     path.write_bytes(content)
                 else:
                     path.write_text(content)
-                self.client.log_artifact(run_id, str(path))
+                folder = str(Path(name).parent)
+                self.client.log_artifact(run_id, str(path),
+                                         artifact_path=None if folder == "." else folder)
 
     def set_status(self, run_id: str, status: str) -> None:
         if status in ("FINISHED", "FAILED", "KILLED"):
@@ -273,6 +280,13 @@ class MlflowStore:
         self.log_metrics(child.run_id, [(k, v, stamp, 0) for k, v in sorted(metrics.items())])
         self.client.set_tag(child.run_id, CONFIRMED_TAG, key)
         self.children[number] = replace(child, confirmed=key)
+
+    def log_profile(self, number: int, files: Mapping[str, str | bytes], key: str) -> None:
+        """Add a per-operator profile (its table and chart) to a trial's run."""
+        child = self.children[number]
+        self.log_files(child.run_id, files)
+        self.client.set_tag(child.run_id, PROFILED_TAG, key)
+        self.children[number] = replace(child, profiled=key)
 
     def log_bundle(self, number: int, directory: Path) -> None:
         child = self.children[number]

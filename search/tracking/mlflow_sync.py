@@ -57,6 +57,7 @@ class SyncReport:
     hypervolume_steps: int = 0
     bundles_logged: int = 0
     confirmed_logged: int = 0
+    profiles_logged: int = 0
     artifacts: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -66,6 +67,8 @@ class SyncReport:
                  f"{self.bundles_logged} bundle(s) logged"]
         if self.confirmed_logged:
             parts.append(f"{self.confirmed_logged} confirmed trial(s)")
+        if self.profiles_logged:
+            parts.append(f"{self.profiles_logged} profile(s)")
         if self.parent_created:
             parts.insert(0, "study run created")
         if self.artifacts:
@@ -134,6 +137,7 @@ class MlflowMirror:
                 report.pareto_tags += 1
         report.hypervolume_steps = self._sync_history(store, parent, snapshot)
         report.bundles_logged = self._sync_bundles(store, snapshot)
+        report.profiles_logged = self._sync_profiles(store, snapshot)
         report.artifacts = self._sync_artifacts(store, parent, snapshot)
         status = "RUNNING" if snapshot.running else "FINISHED"
         if store.parent().info.status != status:
@@ -202,6 +206,31 @@ class MlflowMirror:
             if child is None or child.bundle_logged or path is None or not path.is_dir():
                 continue
             store.log_bundle(record.number, path)
+            logged += 1
+        return logged
+
+    def _sync_profiles(self, store: MlflowStore, snapshot: StudySnapshot) -> int:
+        """Per-operator profiles (``<study>/profiles``) the trials' runs do not hold yet: a
+        table (CSV and JSON) and a bar chart under ``profile/``."""
+        from search.results.profile_report import profile_csv, profile_html
+        from search.results.profile_store import profile_path, stored_profiles
+        from search.workspace import Workspace
+
+        workspace = Workspace(snapshot.workdir, snapshot.study)
+        logged = 0
+        for number, profile in stored_profiles(workspace).items():
+            child = store.children.get(number)
+            stamp = profile_path(workspace, number).stat().st_mtime_ns
+            key = f"{profile.bundle_digest[:16]}:{stamp}"
+            if child is None or child.profiled == key:
+                continue
+            title = f"{snapshot.study} trial {number}: time per inference by operator"
+            files: dict[str, str | bytes] = {
+                "profile/operators.csv": profile_csv(profile),
+                "profile/profile.json": json.dumps(profile.to_dict(), indent=2)}
+            if self.plots:
+                files["profile/profile.html"] = profile_html(profile, title)
+            store.log_profile(number, files, key)
             logged += 1
         return logged
 

@@ -158,3 +158,47 @@ def test_confirm_re_times_a_stored_study(study) -> None:
     assert json.loads(chosen.stdout)["metrics"]["confirmed_speedup_p95"] > 0
     missing = paretoedge("confirm", "nope", "--workdir", runs, cwd=directory)
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_the_front_is_profiled_per_operator_and_the_profiles_reach_mlflow(study) -> None:
+    """At the end the baseline and the front are profiled by the agent (onnxruntime's profiler
+    over the test split); each profile is stored, logged on its trial's run (table and chart),
+    and printed by `paretoedge profile`."""
+    from mlflow.tracking import MlflowClient
+
+    from search.results.pareto import ParetoFront
+    from search.results.profile_store import stored_profiles
+    from search.tracking.mlflow_store import tracking_uri
+    from search.workspace import Workspace, load_records
+
+    directory, stdout = study
+    runs = directory / "runs"
+    records, attrs = load_records(Workspace(runs, "e2e"))
+    front = ParetoFront.from_records(records, attrs["max_accuracy_drop"])
+    profiled = stored_profiles(Workspace(runs, "e2e"))
+    members = {front.baseline.number, *front.numbers}
+    assert set(profiled) == members, stdout
+    for profile in profiled.values():
+        assert profile.inferences == 1000 and profile.stage_runs[0] == 1000
+        assert sum(profile.by_part().values()) == pytest.approx(profile.wall_us, rel=1e-6)
+    client = MlflowClient(tracking_uri=tracking_uri(runs))
+    experiment = client.get_experiment_by_name("paretoedge/e2e")
+    for run in client.search_runs([experiment.experiment_id], max_results=100):
+        number = run.data.tags.get("trial_number")
+        if number is not None and int(number) in members:
+            names = {a.path for a in client.list_artifacts(run.info.run_id, "profile")}
+            assert names == {"profile/operators.csv", "profile/profile.html",
+                             "profile/profile.json"}
+            assert run.data.tags["profiled"].startswith(profiled[int(number)].bundle_digest[:16])
+    shown = paretoedge("profile", "e2e", "--trial", str(front.baseline.number), "--workdir",
+                       str(runs), cwd=directory)
+    assert shown.returncode == 0, shown.stderr
+    assert f"Profile of e2e trial {front.baseline.number}" in shown.stdout
+    assert "between operators" in shown.stdout and "outside sessions" in shown.stdout
+    again = paretoedge("profile", "e2e", "--trial", str(front.baseline.number), "--workdir",
+                       str(runs), "--runs", "50", "--format", "json", cwd=directory)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["inferences"] == 50
+    missing = paretoedge("profile", "e2e", "--trial", "999", "--workdir", str(runs),
+                         cwd=directory)
+    assert missing.returncode == 2 and "--trial 999" in missing.stderr

@@ -44,14 +44,42 @@ def test_the_front_is_confirmed_on_the_test_split(write_config, tmp_path) -> Non
     assert attrs["confirmation"]["split"] == "test"
     stored = {r.number: r.metrics.get("test_accuracy") for r in records}
     assert all(stored[r.number] == r.metrics["test_accuracy"] for r in confirmed)
+    # then each confirmed bundle is profiled per operator on the test split, and stored
+    from search.results.profile_store import stored_profiles
+
+    assert [p.trial_number for p in agent.profile_requests] == [r.number for r in confirmed]
+    assert {p.eval_set_digest for p in agent.profile_requests} == {request.eval_set_digest}
+    profiles = stored_profiles(Workspace(tmp_path / "runs", "tiny"))
+    assert {n: p.bundle_digest for n, p in profiles.items()} == {
+        r.number: r.bundle_digest for r in confirmed}
 
 
 @pytest.mark.slow
 def test_no_confirm_leaves_the_front_unconfirmed(write_config, tmp_path) -> None:
     agent = fake_device()
     summary = run(write_config, tmp_path, agent, confirm=False)
-    assert agent.confirm_requests == []
+    assert agent.confirm_requests == [] and agent.profile_requests == []
     assert all("test_accuracy" not in r.metrics for r in summary.records)
+
+
+def test_a_stored_checkpoint_study_reads_back_without_its_train_defaults(tmp_path) -> None:
+    """The stored dump holds model.train's defaults, which a checkpoint's config must not
+    name: `paretoedge confirm` and `profile` of such a study read it back all the same."""
+    from search.config import parse_config
+    from search.study.confirmation import stored_config
+
+    from ..conftest import tiny_config_dict
+
+    raw = tiny_config_dict(model={"factory": "tiny_model.py:build_model",
+                                  "checkpoint": "weights.pt"})
+    del raw["model"]["train"]
+    config = parse_config(raw, "config.yaml", tmp_path)
+    attrs = {"config": config.model_dump(mode="json", by_alias=True),
+             "config_dir": str(tmp_path)}
+    assert "train" in attrs["config"]["model"]  # what the runner stores
+    again = stored_config(attrs)
+    assert again.model.checkpoint == "weights.pt" and not again.model.trains
+    assert again.base_dir == tmp_path
 
 
 def test_confirmed_speedups_are_the_median_of_per_round_ratios() -> None:
