@@ -19,14 +19,31 @@ from device_agents.bundle import (
     write_bundle,
 )
 from device_agents.cascade import CascadeRunner, Prediction
+from device_agents.deployment import (
+    DeploymentSpec,
+    FallbackPolicy,
+    MonitorReference,
+    deployed_copy,
+    reference_from_evaluation,
+)
 from device_agents.errors import (
     BundleError,
     BundleIntegrityError,
     DeviceAgentError,
     EvalSetError,
     MeasurementError,
+    MonitorError,
+    TelemetryError,
 )
 from device_agents.eval_set import EvalSet, EvalSetPayload
+from device_agents.monitor import Monitor
+from device_agents.monitor_records import (
+    InferenceRecord,
+    MonitorEvent,
+    MonitorSettings,
+    WindowSummary,
+)
+from device_agents.prometheus import PrometheusExporter
 from device_agents.protocol import (
     AgentActivity,
     BundleRef,
@@ -38,6 +55,7 @@ from device_agents.protocol import (
     MeasureRequest,
     PercentileCI,
 )
+from device_agents.telemetry import TelemetryFile, TelemetryWriter, read_telemetry
 
 __all__ = [
     "AgentActivity",
@@ -50,6 +68,7 @@ __all__ = [
     "ConfirmRequest",
     "Confirmation",
     "ConfirmingAgent",
+    "DeploymentSpec",
     "DeviceAgent",
     "DeviceAgentError",
     "EvalSet",
@@ -57,6 +76,8 @@ __all__ = [
     "EvalSetPayload",
     "ExitPolicy",
     "FakeAgent",
+    "FallbackPolicy",
+    "InferenceRecord",
     "InputSpec",
     "LatencyStats",
     "LocalDeviceAgent",
@@ -64,12 +85,25 @@ __all__ = [
     "Measurement",
     "MeasurementError",
     "MeasurementProtocol",
+    "Monitor",
+    "MonitorError",
+    "MonitorEvent",
+    "MonitorReference",
+    "MonitorSettings",
     "PercentileCI",
     "Prediction",
     "Preprocessing",
+    "PrometheusExporter",
     "StageSpec",
+    "TelemetryError",
+    "TelemetryFile",
+    "TelemetryWriter",
+    "WindowSummary",
     "bundle_digest",
+    "deployed_copy",
     "read_manifest",
+    "read_telemetry",
+    "reference_from_evaluation",
     "verify_bundle",
     "write_bundle",
 ]

@@ -11,11 +11,8 @@ both. See docs/BUNDLE_FORMAT.md and docs/MONITORING.md.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from device_agents.bundle import (
     DEPLOYED_FORMAT_VERSION,
@@ -34,6 +31,8 @@ from device_agents.deployment_spec import (
     FallbackAction,
     FallbackPolicy,
     MonitorReference,
+    confidence_edges,
+    confidence_histogram,
 )
 from device_agents.errors import BundleError
 
@@ -49,33 +48,6 @@ __all__ = [
     "deployed_copy",
     "reference_from_evaluation",
 ]
-
-
-def confidence_edges(confidences: Sequence[float] | np.ndarray,
-                     bins: int = 10) -> tuple[float, ...]:
-    """Bin edges over [0, 1] holding about equal shares of ``confidences`` (their quantiles).
-
-    Equal-mass bins are what the population stability index reads best: a confident model puts
-    most samples above 0.9, where equal-width bins would be one bin. Tied quantiles (many
-    samples at the same confidence) are merged, so there may be fewer than ``bins`` bins.
-    """
-    if bins < 1:
-        raise BundleError(f"confidence histogram: bins must be >= 1, got {bins}")
-    values = np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
-    inner = (np.quantile(values, np.arange(1, bins) / bins) if values.size and bins > 1
-             else np.empty(0))
-    kept = sorted({round(float(v), 12) for v in inner if 0.0 < v < 1.0})
-    return (0.0, *kept, 1.0)
-
-
-def confidence_histogram(confidences: Sequence[float] | np.ndarray,
-                         edges: Sequence[float]) -> tuple[float, ...]:
-    """The share of ``confidences`` in each bin ``[edges[i], edges[i+1])`` (the last closed)."""
-    values = np.asarray(confidences, dtype=np.float64)
-    if values.size == 0:
-        return (0.0,) * (len(edges) - 1)
-    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=np.asarray(edges))
-    return tuple(float(c) / values.size for c in counts)
 
 
 def reference_from_evaluation(evaluation: CascadeEvaluation, latency_p50_ms: float,

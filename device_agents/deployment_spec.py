@@ -3,17 +3,20 @@
 A deployed bundle (:func:`device_agents.deployment.deployed_copy`) carries what the device needs
 after the search: what to do when the cascade is not confident enough (:class:`FallbackPolicy`)
 and what the study measured, for the monitor to compare against (:class:`MonitorReference`).
-These dataclasses import nothing of the bundle module, so that ``bundle.py`` can hold them. See
-docs/BUNDLE_FORMAT.md (the deployment section) and docs/MONITORING.md.
+These dataclasses (and the reference's confidence bins) import nothing of the bundle module,
+so that ``bundle.py`` can hold them. See docs/BUNDLE_FORMAT.md (the deployment section) and
+docs/MONITORING.md.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
+
+import numpy as np
 
 from device_agents.errors import BundleError
 
@@ -165,3 +168,30 @@ class DeploymentSpec:
         if escalates != (self.fallback_digest is not None):
             raise BundleError("manifest: deployment.fallback_digest is required exactly when "
                               "deployment.fallback.action is escalate")
+
+
+def confidence_edges(confidences: Sequence[float] | np.ndarray,
+                     bins: int = 10) -> tuple[float, ...]:
+    """Bin edges over [0, 1] holding about equal shares of ``confidences`` (their quantiles).
+
+    Equal-mass bins are what the population stability index reads best: a confident model puts
+    most samples above 0.9, where equal-width bins would be one bin. Tied quantiles (many
+    samples at the same confidence) are merged, so there may be fewer than ``bins`` bins.
+    """
+    if bins < 1:
+        raise BundleError(f"confidence histogram: bins must be >= 1, got {bins}")
+    values = np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
+    inner = (np.quantile(values, np.arange(1, bins) / bins) if values.size and bins > 1
+             else np.empty(0))
+    kept = sorted({round(float(v), 12) for v in inner if 0.0 < v < 1.0})
+    return (0.0, *kept, 1.0)
+
+
+def confidence_histogram(confidences: Sequence[float] | np.ndarray,
+                         edges: Sequence[float]) -> tuple[float, ...]:
+    """The share of ``confidences`` in each bin ``[edges[i], edges[i+1])`` (the last closed)."""
+    values = np.asarray(confidences, dtype=np.float64)
+    if values.size == 0:
+        return (0.0,) * (len(edges) - 1)
+    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=np.asarray(edges))
+    return tuple(float(c) / values.size for c in counts)
