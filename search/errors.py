@@ -33,3 +33,13 @@ class StudyNotFoundError(SearchError):
 
 class AgentUnavailableError(SearchError):
     """No agent of the device class answered within the timeout."""
+
+
+class RegistryError(SearchError):
+    """An unknown registered model, alias or version, or a pulled bundle that does not verify
+    (exit code 2)."""
+
+
+class CanaryRefusedError(SearchError):
+    """``deploy --canary``: the newcomer is outside the accuracy band or slower at p95 than
+    the alias's holder, so the alias stays (exit code 1)."""
