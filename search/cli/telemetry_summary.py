@@ -142,33 +142,41 @@ def _vs(observed: float | None, expected: float | None, digits: int = 3) -> str:
 
 
 def summary_table(summaries: Sequence[TelemetrySummary]) -> Table:
-    """One row per telemetry file; measured or expected values in parentheses."""
+    """One column per telemetry file, one row per figure; in parentheses what the study
+    measured or expected (the reference)."""
     table = Table(title="Telemetry against the reference", title_justify="left",
-                  caption="(in parentheses: what the study measured or expected); PSI: of the "
-                          "whole file, and the highest full window's (0.1 moderate, 0.25 "
-                          "significant drift)", caption_justify="left")
-    for column in ("telemetry", "bundle", "inferences", "p50 ms", "p95 ms", "p99 ms",
-                   "exit rates", "PSI (max window)", "fallbacks", "events"):
-        table.add_column(column, justify="left" if column in ("telemetry", "bundle",
-                                                              "exit rates", "events")
-                         else "right", no_wrap=column != "events")
+                  caption="in parentheses: what the study measured or expected; PSI 0.1: a "
+                          "moderate drift, 0.25: a significant one", caption_justify="left")
+    table.add_column("", no_wrap=True)
     for s in summaries:
-        ref = s.reference
-        exits = " ".join(_vs(rate, None if ref is None else ref.exit_rates[k], 2)
-                         if ref is not None and k < len(ref.exit_rates) else f"{rate:.2f}"
-                         for k, rate in enumerate(s.exit_rates)) or "-"
-        psi = "-" if s.psi is None else f"{s.psi:.3f}"
-        if s.max_window_psi is not None:
-            psi += f" ({s.max_window_psi:.3f})"
-        kinds = Counter(e.kind for e in s.events)
-        events = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"
-        fallbacks = (f"{s.fallback_rate:.1%} "
-                     + ", ".join(f"{a} {n}" for a, n in sorted(s.fallbacks.items()))).strip()
-        table.add_row(str(s.path), (s.bundle_digest or "-")[:12], str(s.inferences),
-                      _vs(s.latency_p50_ms, None if ref is None else ref.latency_p50_ms),
-                      _vs(s.latency_p95_ms, None if ref is None else ref.latency_p95_ms),
-                      _vs(s.latency_p99_ms, None), exits, psi, fallbacks,
-                      events + (" (recomputed)" if s.recomputed else ""))
+        table.add_column(str(s.path), justify="right", overflow="fold")
+    refs = [s.reference for s in summaries]
+    exits = max((len(s.exit_rates) for s in summaries), default=0)
+
+    def row(label: str, cells: Sequence[str]) -> None:
+        table.add_row(label, *cells)
+
+    row("bundle", [(s.bundle_digest or "-")[:12] for s in summaries])
+    row("inferences", [str(s.inferences) for s in summaries])
+    row("windows", [f"{sum(not w.partial for w in s.windows)} full"
+                    + (" (recomputed)" if s.recomputed else "") for s in summaries])
+    row("latency p50 ms", [_vs(s.latency_p50_ms, r.latency_p50_ms if r else None)
+                           for s, r in zip(summaries, refs, strict=True)])
+    row("latency p95 ms", [_vs(s.latency_p95_ms, r.latency_p95_ms if r else None)
+                           for s, r in zip(summaries, refs, strict=True)])
+    row("latency p99 ms", [_vs(s.latency_p99_ms, None) for s in summaries])
+    for k in range(exits):
+        row(f"exit {k} rate", [
+            _vs(s.exit_rates[k] if k < len(s.exit_rates) else None,
+                r.exit_rates[k] if r is not None and k < len(r.exit_rates) else None)
+            for s, r in zip(summaries, refs, strict=True)])
+    row("confidence PSI", ["-" if s.psi is None else f"{s.psi:.3f}" for s in summaries])
+    row("confidence PSI, max window", ["-" if s.max_window_psi is None
+                                       else f"{s.max_window_psi:.3f}" for s in summaries])
+    row("fallbacks", [(f"{s.fallback_rate:.1%} " + ", ".join(
+        f"{a} {n}" for a, n in sorted(s.fallbacks.items()))).strip() for s in summaries])
+    row("events", [", ".join(f"{k} {n}" for k, n in sorted(Counter(
+        e.kind for e in s.events).items())) or "none" for s in summaries])
     return table
 
 
