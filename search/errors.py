@@ -15,6 +15,10 @@ class ConfigError(SearchError):
         self.problems = problems or [message]
 
 
+class OptionError(ConfigError):
+    """A command-line option's value is malformed, e.g. ``--shift`` (exit code 2)."""
+
+
 class QueryError(SearchError):
     """A ``--where`` expression or metric name is not valid (exit code 2)."""
 

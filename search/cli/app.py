@@ -354,6 +354,11 @@ from search.cli.registry_commands import register_registry_commands  # noqa: E40
 
 register_registry_commands(app, _guard, console)
 
+# `paretoedge replay | monitor` (issue 16)
+from search.cli.monitor_commands import register_monitor_commands  # noqa: E402
+
+register_monitor_commands(app, _guard, console)
+
 
 def main() -> None:
     app()
