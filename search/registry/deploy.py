@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.records import TrialRecord
-from search.registry.canary import P95_TOLERANCE, Comparison, DispatcherFactory, compare_versions
+from search.registry.canary import P95_TOLERANCE, Comparison, compare_versions
 from search.registry.model_ref import ModelRef
 from search.registry.model_registry import ModelRegistry, RegisteredVersion
 from search.registry.study_source import StoredStudy, StudyQuery
@@ -20,6 +20,7 @@ from search.registry.version_tags import version_tags
 
 if TYPE_CHECKING:
     from device_agents.deployment import FallbackPolicy, MonitorReference
+    from search.registry.canary import DispatcherFactory
 
 
 @dataclass(frozen=True)
