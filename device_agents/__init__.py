@@ -19,15 +19,32 @@ from device_agents.bundle import (
     write_bundle,
 )
 from device_agents.cascade import CascadeRunner, Prediction
+from device_agents.deployment import (
+    DeploymentSpec,
+    FallbackPolicy,
+    MonitorReference,
+    deployed_copy,
+    reference_from_evaluation,
+)
 from device_agents.errors import (
     BundleError,
     BundleIntegrityError,
     DeviceAgentError,
     EvalSetError,
     MeasurementError,
+    MonitorError,
+    TelemetryError,
 )
 from device_agents.eval_set import EvalSet, EvalSetPayload
+from device_agents.monitor import Monitor
+from device_agents.monitor_records import (
+    InferenceRecord,
+    MonitorEvent,
+    MonitorSettings,
+    WindowSummary,
+)
 from device_agents.operator_profile import OperatorProfile, OperatorTime, profile_bundle
+from device_agents.prometheus import PrometheusExporter
 from device_agents.protocol import (
     AgentActivity,
     BundleRef,
@@ -40,6 +57,7 @@ from device_agents.protocol import (
     PercentileCI,
     ProfileRequest,
 )
+from device_agents.telemetry import TelemetryFile, TelemetryWriter, read_telemetry
 
 __all__ = [
     "AgentActivity",
@@ -52,6 +70,7 @@ __all__ = [
     "ConfirmRequest",
     "Confirmation",
     "ConfirmingAgent",
+    "DeploymentSpec",
     "DeviceAgent",
     "DeviceAgentError",
     "EvalSet",
@@ -59,6 +78,8 @@ __all__ = [
     "EvalSetPayload",
     "ExitPolicy",
     "FakeAgent",
+    "FallbackPolicy",
+    "InferenceRecord",
     "InputSpec",
     "LatencyStats",
     "LocalDeviceAgent",
@@ -66,16 +87,29 @@ __all__ = [
     "Measurement",
     "MeasurementError",
     "MeasurementProtocol",
+    "Monitor",
+    "MonitorError",
+    "MonitorEvent",
+    "MonitorReference",
+    "MonitorSettings",
     "OperatorProfile",
     "OperatorTime",
     "PercentileCI",
     "Prediction",
     "Preprocessing",
     "ProfileRequest",
+    "PrometheusExporter",
     "StageSpec",
+    "TelemetryError",
+    "TelemetryFile",
+    "TelemetryWriter",
+    "WindowSummary",
     "bundle_digest",
+    "deployed_copy",
     "profile_bundle",
     "read_manifest",
+    "read_telemetry",
+    "reference_from_evaluation",
     "verify_bundle",
     "write_bundle",
 ]

@@ -13,14 +13,20 @@ import json
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from device_agents.deployment_spec import FALLBACK_BUNDLE_DIR, DeploymentSpec
 from device_agents.errors import BundleError, BundleIntegrityError
 
 FORMAT_NAME = "paretoedge-bundle"
+#: the version of a bundle as a study writes it
 FORMAT_VERSION = 1
+#: the version of a bundle with a ``deployment`` section (a runtime that reads only 1 would
+#: ignore the fallback, so such a bundle says it needs more)
+DEPLOYED_FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION, DEPLOYED_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 CONFIDENCE_MEASURES = ("max_softmax", "margin", "entropy")
 FALLBACKS = ("last", "most_confident")
@@ -134,11 +140,16 @@ class BundleManifest:
     #: onnxruntime graph optimizers the sessions must not run (optional "runtime" section; e.g.
     #: WeightBiasQuantization, which would quantize layers a mixed-precision bundle keeps float)
     disabled_optimizers: tuple[str, ...] = ()
+    #: the optional "deployment" section (format version 2): the fallback policy and the
+    #: monitor's reference, written by ``device_agents.deployment.deployed_copy``
+    deployment: DeploymentSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         runtime = ({"runtime": {"disabled_optimizers": list(self.disabled_optimizers)}}
                    if self.disabled_optimizers else {})
-        return {**runtime,
+        deployment = ({"deployment": self.deployment.to_dict()}
+                      if self.deployment is not None else {})
+        return {**runtime, **deployment,
             "format": FORMAT_NAME,
             "format_version": self.format_version,
             "input": self.input.to_dict(),
@@ -155,9 +166,10 @@ class BundleManifest:
             raise BundleError(f"manifest: 'format' is {data.get('format')!r}, "
                               f"expected {FORMAT_NAME!r}")
         version = int(data.get("format_version", -1))
-        if version != FORMAT_VERSION:
+        if version not in SUPPORTED_FORMAT_VERSIONS:
             raise BundleError(f"manifest: format_version {version} is not supported "
-                              f"(this runtime reads {FORMAT_VERSION})")
+                              f"(this runtime reads "
+                              f"{', '.join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)})")
         try:
             manifest = cls(
                 input=InputSpec.from_dict(data["input"]),
@@ -169,6 +181,8 @@ class BundleManifest:
                 format_version=version,
                 disabled_optimizers=tuple(str(name) for name in
                                           data.get("runtime", {}).get("disabled_optimizers", ())),
+                deployment=(DeploymentSpec.from_dict(data["deployment"])
+                            if data.get("deployment") is not None else None),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"manifest: malformed field {exc}") from exc
@@ -196,6 +210,11 @@ class BundleManifest:
         if self.exits.fallback not in FALLBACKS:
             raise BundleError(f"manifest: exits.fallback {self.exits.fallback!r} is not one "
                               f"of {', '.join(FALLBACKS)}")
+        if self.deployment is not None:
+            if self.format_version < DEPLOYED_FORMAT_VERSION:
+                raise BundleError(f"manifest: a deployment section needs format_version "
+                                  f"{DEPLOYED_FORMAT_VERSION}, not {self.format_version}")
+            self.deployment.check(self.num_classes, len(self.stages))
 
 
 def manifest_bytes(manifest: BundleManifest) -> bytes:
@@ -225,10 +244,7 @@ def write_bundle(directory: Path, manifest: BundleManifest,
         else:
             shutil.copyfile(source, target)
         stages.append(StageSpec(name=stage.name, file=stage.file, sha256=sha256_file(target)))
-    final = BundleManifest(input=manifest.input, stages=tuple(stages),
-                           num_classes=manifest.num_classes, preprocessing=manifest.preprocessing,
-                           exits=manifest.exits, provenance=manifest.provenance,
-                           disabled_optimizers=manifest.disabled_optimizers)
+    final = replace(manifest, stages=tuple(stages))
     final.check()
     data = manifest_bytes(final)
     (tmp / MANIFEST).write_bytes(data)
@@ -257,7 +273,11 @@ def bundle_digest(directory: Path) -> str:
 
 
 def verify_bundle(directory: Path, expected_digest: str | None = None) -> BundleManifest:
-    """Check the manifest digest and every stage's sha256; return the manifest."""
+    """Check the manifest digest and every stage's sha256; return the manifest.
+
+    A deployed bundle whose fallback escalates also has its ``fallback_bundle/`` verified
+    against the digest its manifest records (so every file of both bundles is checked).
+    """
     directory = Path(directory)
     if expected_digest is not None and bundle_digest(directory) != expected_digest:
         raise BundleIntegrityError(f"{directory / MANIFEST}: sha256 does not match the request")
@@ -268,7 +288,25 @@ def verify_bundle(directory: Path, expected_digest: str | None = None) -> Bundle
             raise BundleError(f"{path}: stage file missing")
         if sha256_file(path) != stage.sha256:
             raise BundleIntegrityError(f"{path}: sha256 does not match manifest.json")
+    if manifest.deployment is not None and manifest.deployment.fallback_digest is not None:
+        fallback = directory / FALLBACK_BUNDLE_DIR
+        if not (fallback / MANIFEST).is_file():
+            raise BundleError(f"{fallback}: the escalation bundle is missing")
+        verify_bundle(fallback, manifest.deployment.fallback_digest)
     return manifest
+
+
+def bundle_files(directory: Path, manifest: BundleManifest | None = None) -> list[str]:
+    """The files of a bundle relative to its directory: the manifest, the stages, and, for a
+    deployed bundle that escalates, those of ``fallback_bundle/`` (as ``fallback_bundle/...``).
+    """
+    directory = Path(directory)
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    names = [MANIFEST, *(s.file for s in manifest.stages)]
+    if manifest.deployment is not None and manifest.deployment.fallback_digest is not None:
+        names += [f"{FALLBACK_BUNDLE_DIR}/{name}"
+                  for name in bundle_files(directory / FALLBACK_BUNDLE_DIR)]
+    return names
 
 
 def bundle_size_bytes(directory: Path, manifest: BundleManifest) -> int:
@@ -286,8 +324,7 @@ class BundlePayload:
     @classmethod
     def from_directory(cls, directory: Path) -> BundlePayload:
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        names: Sequence[str] = [MANIFEST, *(s.file for s in manifest.stages)]
+        names: Sequence[str] = bundle_files(directory)
         return cls(digest=bundle_digest(directory),
                    files={name: (directory / name).read_bytes() for name in names})
 
@@ -304,8 +341,9 @@ class BundlePayload:
                                         dir=root))
             try:
                 for name, data in self.files.items():
-                    if Path(name).name != name or name in (".", ".."):
+                    if not _payload_name_is_plain(name):
                         raise BundleError(f"bundle payload: file name {name!r} is not plain")
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     (tmp / name).write_bytes(data)
                 # before the rename: a corrupt payload must not be cached under its digest
                 verify_bundle(tmp, self.digest)
@@ -320,3 +358,12 @@ class BundlePayload:
                 shutil.rmtree(tmp, ignore_errors=True)
         verify_bundle(directory, self.digest)
         return directory
+
+
+def _payload_name_is_plain(name: str) -> bool:
+    """A file of the bundle's own directory, or of its ``fallback_bundle/`` (one level)."""
+    parts = name.split("/")
+    if len(parts) == 2 and parts[0] == FALLBACK_BUNDLE_DIR:
+        parts = parts[1:]
+    return (len(parts) == 1 and Path(parts[0]).name == parts[0]
+            and parts[0] not in ("", ".", ".."))

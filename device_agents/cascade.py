@@ -1,17 +1,30 @@
-"""The bundle runtime: run the stages of a cascade until an exit is confident enough."""
+"""The bundle runtime: run the stages of a cascade until an exit is confident enough.
+
+A deployed bundle's fallback (``device_agents/fallback.py``) and an optional monitor
+(``device_agents/monitor.py``) apply to :meth:`CascadeRunner.predict` only; ``run`` (the timed
+path) and ``evaluate`` are the cascade's own decisions, for every bundle.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from device_agents.bundle import BundleManifest, verify_bundle
+from device_agents.bundle import BundleManifest, bundle_digest, verify_bundle
 from device_agents.calibration import expected_calibration_error
+from device_agents.deployment_spec import FALLBACK_BUNDLE_DIR
 from device_agents.errors import BundleError
+from device_agents.fallback import FallbackRule, Predictor
+from device_agents.monitor import Monitor
+from device_agents.prediction import ABSTAINED_LABEL, Prediction
 from device_agents.profiles import CPU_PROVIDER, ProviderLike, session_providers
+
+__all__ = ["ABSTAINED_LABEL", "CascadeEvaluation", "CascadeRunner", "Prediction", "confidence",
+           "softmax"]
 
 
 def confidence(probabilities: np.ndarray, measure: str) -> float:
@@ -32,15 +45,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(shifted)
     probabilities: np.ndarray = exp / exp.sum()
     return probabilities
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What the cascade decided for one sample."""
-
-    label: int
-    exit_index: int
-    probabilities: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +101,12 @@ class CascadeRunner:
     ``most_confident`` fallback, whichever exit was most confident. With no thresholds the
     stages simply run in sequence.
 
+    A deployed bundle's ``deployment.fallback`` applies in :meth:`predict`: below its
+    confidence, an abstention, the default label, or the bundle at ``fallback_bundle/`` (opened
+    on first use) answers. A ``monitor`` (:class:`~device_agents.monitor.Monitor`) is told every
+    :meth:`predict`: its latency (``perf_counter`` around the cascade and the fallback), the
+    exit, the answering exit's calibrated confidence and the fallback that answered.
+
     Example:
         >>> runner = CascadeRunner.load("runs/digits/bundles/trial_0003")  # doctest: +SKIP
         >>> runner.predict(raw_sample).label  # doctest: +SKIP
@@ -105,7 +115,7 @@ class CascadeRunner:
 
     def __init__(self, directory: Path | str, manifest: BundleManifest, *, threads: int = 1,
                  providers: Sequence[ProviderLike] = (CPU_PROVIDER,),
-                 profile_prefix: str | None = None) -> None:
+                 profile_prefix: str | None = None, monitor: Monitor | None = None) -> None:
         import onnxruntime as ort
 
         self.directory = Path(directory)
@@ -149,17 +159,43 @@ class CascadeRunner:
         self._inv_temperatures = tuple(1.0 / t for t in manifest.exits.temperatures)
         self._measure = manifest.exits.confidence
         self._most_confident = manifest.exits.fallback == "most_confident"
+        deployment = manifest.deployment
+        self.fallback: FallbackRule | None = None
+        if deployment is not None and deployment.fallback is not None:
+            self.fallback = FallbackRule(deployment.fallback, open_escalation=self._escalation(
+                threads, providers) if deployment.fallback.action == "escalate" else None)
+        self.monitor = monitor
+        if monitor is not None:
+            monitor.bind(bundle_digest=bundle_digest(self.directory),
+                         num_exits=len(manifest.stages),
+                         reference=deployment.reference if deployment is not None else None,
+                         source_digest=deployment.source_digest if deployment else None)
+        self._watched = self.fallback is not None or monitor is not None
+
+    def _escalation(self, threads: int, providers: Sequence[ProviderLike]
+                    ) -> Callable[[], Predictor]:
+        """Opens the escalation bundle (verified with the deployed one) on first use."""
+        directory, manifest = self.directory / FALLBACK_BUNDLE_DIR, self.manifest
+
+        def open_escalation() -> Predictor:
+            digest = manifest.deployment.fallback_digest if manifest.deployment else None
+            return CascadeRunner.load(directory, threads=threads, expected_digest=digest,
+                                      providers=providers).predict
+
+        return open_escalation
 
     @classmethod
     def load(cls, directory: Path | str, *, threads: int = 1, expected_digest: str | None = None,
-             providers: Sequence[ProviderLike] = (CPU_PROVIDER,)) -> CascadeRunner:
+             providers: Sequence[ProviderLike] = (CPU_PROVIDER,),
+             monitor: Monitor | None = None) -> CascadeRunner:
         """Verify a bundle directory (sha256 of every file) and open its stages.
 
         ``providers``: onnxruntime execution providers in order of preference, each a plain
         name, a :class:`~device_agents.profiles.Provider` or its text (``NAME:key=value;...``).
+        ``monitor``: told every :meth:`predict` (see :class:`~device_agents.monitor.Monitor`).
         """
         manifest = verify_bundle(Path(directory), expected_digest)
-        return cls(directory, manifest, threads=threads, providers=providers)
+        return cls(directory, manifest, threads=threads, providers=providers, monitor=monitor)
 
     @property
     def num_stages(self) -> int:
@@ -219,6 +255,22 @@ class CascadeRunner:
         return outputs[exit_index], exit_index
 
     def predict(self, raw: np.ndarray) -> Prediction:
+        """The answer for one raw sample: the cascade's, or the deployed fallback's (see the
+        class), recorded by the monitor when there is one."""
+        if not self._watched:
+            return self._cascade_prediction(raw)
+        start = time.perf_counter()
+        prediction = self._cascade_prediction(raw)
+        confidence_ = float(prediction.probabilities.max())
+        if self.fallback is not None:
+            prediction = self.fallback.decide(raw, prediction, confidence_)
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        if self.monitor is not None:
+            self.monitor.record(elapsed_ms, prediction.exit_index, confidence_,
+                                prediction.fallback)
+        return prediction
+
+    def _cascade_prediction(self, raw: np.ndarray) -> Prediction:
         logits, exit_index = self.run(raw)
         probabilities = softmax(logits * self._inv_temperatures[exit_index])
         return Prediction(label=int(np.argmax(logits)), exit_index=exit_index,

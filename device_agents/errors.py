@@ -25,3 +25,11 @@ class MeasurementError(DeviceAgentError):
 
 class AgentStartError(DeviceAgentError):
     """An agent could not join the cluster (bad option, unreachable head, refused token)."""
+
+
+class MonitorError(DeviceAgentError):
+    """The device monitor's settings are invalid, or it was used wrongly."""
+
+
+class TelemetryError(MonitorError):
+    """A telemetry file is missing, unreadable or malformed (the message names it)."""

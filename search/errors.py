@@ -15,6 +15,10 @@ class ConfigError(SearchError):
         self.problems = problems or [message]
 
 
+class OptionError(ConfigError):
+    """A command-line option's value is malformed, e.g. ``--shift`` (exit code 2)."""
+
+
 class QueryError(SearchError):
     """A ``--where`` expression or metric name is not valid (exit code 2)."""
 
@@ -29,3 +33,13 @@ class StudyNotFoundError(SearchError):
 
 class AgentUnavailableError(SearchError):
     """No agent of the device class answered within the timeout."""
+
+
+class RegistryError(SearchError):
+    """An unknown registered model, alias or version, or a pulled bundle that does not verify
+    (exit code 2)."""
+
+
+class CanaryRefusedError(SearchError):
+    """``deploy --canary``: the newcomer is outside the accuracy band or slower at p95 than
+    the alias's holder, so the alias stays (exit code 1)."""

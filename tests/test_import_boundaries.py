@@ -81,7 +81,8 @@ def test_the_device_runtime_imports_no_torch() -> None:
 TORCH = {"torch", "torch_pruning", "torchvision"}
 #: search's wings, and the wings each may import (base modules are open to all).
 WINGS = {"study": {"fleet", "tracking", "results"}, "fleet": set(), "tracking": {"results"},
-         "results": set(), "cli": {"study", "fleet", "tracking", "results"}}
+         "results": set(), "registry": {"study", "fleet", "tracking", "results"},
+         "cli": {"study", "fleet", "tracking", "results", "registry"}}
 
 
 def module_imports(path: Path) -> set[str]:

@@ -53,6 +53,7 @@ def _guard(fn):
             ConfigError,
             NothingFoundError,
             QueryError,
+            RegistryError,
             SearchError,
             StudyNotFoundError,
         )
@@ -69,8 +70,8 @@ def _guard(fn):
 
             if isinstance(exc, NothingFoundError):
                 _fail(1, str(exc))
-            if isinstance(exc, (ConfigError, QueryError, StudyNotFoundError, SpacesError,
-                                DeviceAgentError)):
+            if isinstance(exc, (ConfigError, QueryError, StudyNotFoundError, RegistryError,
+                                SpacesError, DeviceAgentError)):
                 _fail(2, str(exc))
             if isinstance(exc, SearchError):
                 _fail(1, str(exc))
@@ -340,7 +341,8 @@ def best(study: Annotated[str, typer.Argument(help="Study name.")],
     exported = answer.export(export) if export and bundle else None
     if format is Format.json:
         payload = chosen.to_dict()
-        payload["bundle_path"] = str(bundle) if bundle else None
+        # absolute, so that a script running elsewhere can open it (both keys: the same path)
+        payload["bundle"] = payload["bundle_path"] = str(bundle.resolve()) if bundle else None
         payload["exported_to"] = str(exported) if exported else None
         sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         return
@@ -381,6 +383,16 @@ def sensitivity(config: Annotated[Path, typer.Argument(help="Experiment YAML.")]
 from search.cli.agent_commands import register_agent_commands  # noqa: E402
 
 register_agent_commands(app, _guard)
+
+# `paretoedge deploy | deployments | rollback | pull | compare` (issue 16)
+from search.cli.registry_commands import register_registry_commands  # noqa: E402
+
+register_registry_commands(app, _guard, console)
+
+# `paretoedge replay | monitor` (issue 16)
+from search.cli.monitor_commands import register_monitor_commands  # noqa: E402
+
+register_monitor_commands(app, _guard, console)
 
 
 def main() -> None:

@@ -109,7 +109,13 @@ def log_sensitivity(config: StudyConfig, workspace: Workspace, report: Sensitivi
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from search.tracking.mlflow_store import ROLE_TAG, STUDY_TAG, tracking_uri
+    from search.tracking.mlflow_store import (
+        EXPERIMENT_KIND,
+        EXPERIMENT_KIND_TAG,
+        ROLE_TAG,
+        STUDY_TAG,
+        tracking_uri,
+    )
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -118,7 +124,8 @@ def log_sensitivity(config: StudyConfig, workspace: Workspace, report: Sensitivi
     found = client.get_experiment_by_name(name)
     # artifacts next to mlflow.db (MLflow's default is ./mlruns in the current directory)
     experiment = found.experiment_id if found else client.create_experiment(
-        name, artifact_location=(workspace.workdir.resolve() / "mlruns").as_uri())
+        name, artifact_location=(workspace.workdir.resolve() / "mlruns").as_uri(),
+        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})  # opens on the runs (docs/TRACKING.md)
     run = client.create_run(experiment, run_name="sensitivity",
                             tags={STUDY_TAG: config.study, ROLE_TAG: "sensitivity"})
     now = int(time.time() * 1000)

@@ -27,6 +27,10 @@ TRIAL_TAG = "trial_number"
 BUNDLE_LOGGED_TAG = "bundle_logged"
 CONFIRMED_TAG = "confirmed"
 PROFILED_TAG = "profiled"
+#: MLflow 3 opens an experiment on its GenAI overview ("Traces: no data") unless it is of this
+#: kind, which opens it on the runs table (docs/TRACKING.md)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri(workdir: Path) -> str:
@@ -121,9 +125,12 @@ class MlflowStore:
         found = client.get_experiment_by_name(name)
         if found is not None:
             experiment_id = found.experiment_id
+            if create and (found.tags or {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         elif create:
             experiment_id = client.create_experiment(
-                name, artifact_location=(artifact_root(workdir) / study).as_uri())
+                name, artifact_location=(artifact_root(workdir) / study).as_uri(),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:  # a study logged under an experiment name of its own (tracking.experiment)
             ids = [e.experiment_id for e in client.search_experiments()]
             runs = client.search_runs(ids, filter_string=f"tags.`{STUDY_TAG}` = '{study}' and "

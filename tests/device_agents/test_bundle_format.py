@@ -165,7 +165,7 @@ def test_manifest_that_is_not_json_is_a_bundle_error(tmp_path):
     [
         ({"format": "onnx-bundle"}, "format"),
         ({"format": None}, "format"),
-        ({"format_version": 2}, "format_version"),
+        ({"format_version": 3}, "format_version"),
         ({"format_version": None}, "format_version"),
         ({"exits.thresholds": [0.5, 0.5]}, "thresholds"),
         ({"exits.thresholds": [0.0]}, "thresholds"),
