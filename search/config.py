@@ -242,6 +242,19 @@ class FinetuneConfig(_Strict):
 RatioValue = Annotated[float, Field(ge=0, le=0.95)]
 
 
+class PromotionConfig(_Strict):
+    """Which screened candidates are built again with ``pruning.finetune_full`` (as trials of
+    their own): pruned ones on the feasible front, or outside the accuracy band by at most
+    ``margin`` with latency objectives that would put them on it; at most ``share`` of the
+    study's trials."""
+
+    share: float = Field(0.25, gt=0, le=0.9, description="at most this share of the study's "
+                                                          "trials are promotions")
+    margin: float = Field(0.015, ge=0, le=1, description="accuracy below the band by at most "
+                          "this much is still promoted (the long finetune recovered 1.4 pp at "
+                          "ratio 0.375 on the reference model, BENCHMARKS.md)")
+
+
 class PruningConfig(_Strict):
     """The pruning knob: ratios searched, the criterion, and the finetune after pruning."""
 
@@ -255,6 +268,10 @@ class PruningConfig(_Strict):
     round_to_by_device: dict[str, Annotated[int, Field(ge=1)]] = {}
     ignored_layers: list[str] = []
     finetune: FinetuneConfig = FinetuneConfig()
+    finetune_full: FinetuneConfig | None = Field(
+        None, description="the long finetune of promoted candidates (multi-fidelity); None: "
+                          "every candidate has the one finetune")
+    promotion: PromotionConfig = PromotionConfig()
 
     def round_to_for(self, device_class: str) -> int:
         """Channel rounding for a device class: ``round_to``, else the class's entry, else 8."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,6 +68,18 @@ class TrialRecord:
         if self.reused:
             return False
         return self.complete or (self.state == "FAIL" and not self.interrupted)
+
+    @property
+    def fidelity(self) -> str:
+        """``""`` (the study's finetune) or ``"full"`` (promoted to ``pruning.finetune_full``)."""
+        return str(self.candidate.get("fidelity", ""))
+
+    @property
+    def configuration(self) -> str:
+        """The candidate whatever its fidelity, as a key (its trials at every fidelity share
+        it)."""
+        return json.dumps({k: v for k, v in self.candidate.items() if k != "fidelity"},
+                          sort_keys=True)
 
     def objective_values(self, objectives: ObjectiveSet) -> tuple[float, ...]:
         """The values of the study's ``objectives``, in their order."""
@@ -144,6 +157,21 @@ def with_confirmation(records: Sequence[TrialRecord], confirmation: Mapping[str,
     trials = (confirmation or {}).get("trials", {})
     return [replace(r, metrics={**r.metrics, **trials[str(r.number)]})
             if str(r.number) in trials else r for r in records]
+
+
+def superseded(records: Sequence[TrialRecord]) -> set[int]:
+    """Numbers of completed screening trials whose configuration was also measured at the
+    full fidelity: the highest fidelity stands for the configuration on the front, in the
+    hypervolume and in queries."""
+    full = {r.configuration for r in records if r.complete and r.fidelity}
+    return {r.number for r in records
+            if r.complete and not r.fidelity and r.configuration in full}
+
+
+def at_highest_fidelity(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """``records`` without the :func:`superseded` ones."""
+    gone = superseded(records)
+    return [r for r in records if r.number not in gone] if gone else list(records)
 
 
 def finish_order(records: Sequence[TrialRecord]) -> list[TrialRecord]:

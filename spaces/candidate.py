@@ -40,6 +40,9 @@ class Candidate:
     exit_thresholds: tuple[float, ...] = ()
     exit_confidence: str = ""
     stage_prune_ratios: tuple[float, ...] = ()
+    #: ``""``: built with the study's finetune (screening); ``"full"``: promoted to the long
+    #: finetune (``pruning.finetune_full``). Left out of ``to_dict`` when empty.
+    fidelity: str = ""
 
     @property
     def early_exit(self) -> bool:
@@ -57,6 +60,16 @@ class Candidate:
             data["exit_confidence"] = self.exit_confidence
         if self.stage_prune_ratios:
             data["stage_prune_ratios"] = list(self.stage_prune_ratios)
+        if self.fidelity:
+            data["fidelity"] = self.fidelity
+        return data
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        """What the candidate is, whatever its fidelity: trials of one configuration at
+        several fidelities share it."""
+        data = self.to_dict()
+        data.pop("fidelity", None)
         return data
 
     @classmethod
@@ -66,7 +79,8 @@ class Candidate:
                    exit_thresholds=tuple(float(t) for t in data.get("exit_thresholds", ())),
                    exit_confidence=str(data.get("exit_confidence", "")),
                    stage_prune_ratios=tuple(float(r)
-                                            for r in data.get("stage_prune_ratios", ())))
+                                            for r in data.get("stage_prune_ratios", ())),
+                   fidelity=str(data.get("fidelity", "")))
 
     def describe(self) -> str:
         """A short human label, e.g. ``int8/int8/fp32 prune=0.25 exit@0.90``."""
@@ -76,7 +90,8 @@ class Candidate:
             exits += f"({self.exit_confidence})"
         prune = ("/".join(f"{r:g}" for r in self.stage_prune_ratios) if self.stage_prune_ratios
                  else f"{self.prune_ratio:g}")
-        return f"{'/'.join(self.quantization)} prune={prune} {exits}"
+        fidelity = f" [{self.fidelity}-ft]" if self.fidelity else ""
+        return f"{'/'.join(self.quantization)} prune={prune}{fidelity} {exits}"
 
 
 def _threshold_label(threshold: float) -> str:

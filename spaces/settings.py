@@ -175,6 +175,10 @@ class QuantSettings:
                 "weight_only_symmetric": self.weight_only_symmetric}
 
 
+#: The fidelity of a candidate promoted to the long finetune (``pruning.finetune_full``).
+FULL_FIDELITY = "full"
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """How candidates are built (not searched): finetune, quantization, pruning details."""
@@ -184,11 +188,26 @@ class BuildSettings:
     pruning: PruningSettings = PruningSettings()
     confidence: str = "max_softmax"
     exit_fallback: str = "last"
+    #: the long finetune of candidates promoted to the full fidelity (None: one fidelity)
+    finetune_full: FinetuneSettings | None = None
+
+    def finetune_for(self, fidelity: str) -> FinetuneSettings:
+        """The finetune of a fidelity: ``""`` (screening, the only one without promotion) or
+        ``"full"``."""
+        if fidelity == "":
+            return self.finetune
+        if fidelity == FULL_FIDELITY and self.finetune_full is not None:
+            return self.finetune_full
+        raise ValueError(f"fidelity {fidelity!r}: the build settings have "
+                         f"{'no full finetune' if fidelity == FULL_FIDELITY else 'no such one'}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"finetune": self.finetune.to_dict(), "quant": self.quant.to_dict(),
-                "pruning": self.pruning.to_dict(), "confidence": self.confidence,
-                "exit_fallback": self.exit_fallback}
+        out = {"finetune": self.finetune.to_dict(), "quant": self.quant.to_dict(),
+               "pruning": self.pruning.to_dict(), "confidence": self.confidence,
+               "exit_fallback": self.exit_fallback}
+        if self.finetune_full is not None:
+            out["finetune_full"] = self.finetune_full.to_dict()
+        return out
 
 
 HEAD_TRAINING = ("frozen", "joint")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from search.objective_set import Objective, ObjectiveSet
-from search.records import TrialRecord
+from search.records import TrialRecord, at_highest_fidelity
 
 
 def _losses(records: Sequence[TrialRecord], objectives: ObjectiveSet) -> np.ndarray:
@@ -71,8 +71,9 @@ class ParetoFront:
         listed along the first latency objective (:attr:`ObjectiveSet.order_by`)."""
         objectives = objectives or ObjectiveSet.default()
         # a reused trial repeats an earlier one's measurement: the original stands for both;
-        # a contended measurement describes the contention, not the bundle
-        feasible = [r for r in records
+        # a contended measurement describes the contention, not the bundle; a configuration
+        # measured at several fidelities is its highest one
+        feasible = [r for r in at_highest_fidelity(records)
                     if r.ranked(include_contended=include_contended) and not r.reused
                     and not objectives.missing(r.metrics)]
         members = sorted(non_dominated(feasible, objectives),
@@ -136,6 +137,8 @@ class HypervolumeHistory:
         self.objectives = objectives or ObjectiveSet.default()
         self.points: list[HypervolumePoint] = []
         self._front: list[TrialRecord] = []
+        self._ranked: list[TrialRecord] = []
+        self._promoted: set[str] = set()  # configurations measured at the full fidelity
         self._baseline: TrialRecord | None = None
 
     @classmethod
@@ -162,7 +165,16 @@ class HypervolumeHistory:
         """Account for one finished trial (complete or failed) and return the new point."""
         if record.baseline and record.complete and self._baseline is None:
             self._baseline = record
-        if record.ranked() and not self.objectives.missing(record.metrics):
+        ranked = record.ranked() and not self.objectives.missing(record.metrics)
+        if ranked:
+            self._ranked.append(record)
+        if record.complete and record.fidelity:
+            # its configuration's screening trial no longer stands for it, whatever this says
+            self._promoted.add(record.configuration)
+            standing = [r for r in self._ranked
+                        if r.fidelity or r.configuration not in self._promoted]
+            self._front = non_dominated(standing, self.objectives)
+        elif ranked and record.configuration not in self._promoted:
             self._front = non_dominated([*self._front, record], self.objectives)
         front = self.front
         point = HypervolumePoint(len(self.points) + 1, record.number, front.hypervolume(),

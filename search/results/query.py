@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from search.errors import NothingFoundError, QueryError
 from search.metrics import is_known_metric, metric_names
 from search.objective_set import ObjectiveSet
-from search.records import TrialRecord
+from search.records import TrialRecord, at_highest_fidelity
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt,
@@ -68,7 +68,8 @@ def best(records: Sequence[TrialRecord], *, where: str | None = None,
          maximize: str | None = None, minimize: str | None = None,
          device_class: str | None = None, feasible_only: bool = True,
          include_contended: bool = False, objectives: ObjectiveSet | None = None) -> TrialRecord:
-    """The feasible completed trial that satisfies ``where`` and is best for the objective.
+    """The feasible completed trial that satisfies ``where`` and is best for the objective
+    (a configuration measured at several fidelities counts at its highest).
 
     Exactly one of ``maximize`` and ``minimize`` names the metric to optimise. Ties are broken by
     :func:`tie_break_key` under the study's ``objectives`` (default: the default objectives).
@@ -80,7 +81,8 @@ def best(records: Sequence[TrialRecord], *, where: str | None = None,
     assert metric is not None
     check_metric(metric, "--maximize" if maximize else "--minimize")
     conditions = parse_where(where)
-    pool = [r for r in records if r.complete and (r.feasible or not feasible_only)
+    pool = [r for r in at_highest_fidelity(records)
+            if r.complete and (r.feasible or not feasible_only)
             and (include_contended or not r.contended)
             and (device_class is None or r.device_class == device_class)
             and metric in r.metrics and all(c.holds(r) for c in conditions)]

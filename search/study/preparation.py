@@ -56,8 +56,12 @@ def load_data(config: StudyConfig) -> DataSplits:
     return data
 
 
-def finetune_settings(config: StudyConfig) -> FinetuneSettings:
-    f, t = config.pruning.finetune, config.model.train_settings
+def finetune_settings(config: StudyConfig, full: bool = False) -> FinetuneSettings:
+    """The finetune after pruning (``pruning.finetune``), or the long one of promoted
+    candidates (``pruning.finetune_full``, which must be set)."""
+    f = config.pruning.finetune_full if full else config.pruning.finetune
+    assert f is not None
+    t = config.model.train_settings
     return FinetuneSettings(
         epochs=f.epochs, steps=f.steps or 0, train_subset=f.train_subset or 0, lr=f.lr,
         weight_decay=t.weight_decay, batch_size=f.batch_size or t.batch_size,
@@ -76,6 +80,8 @@ def pruning_settings(config: StudyConfig) -> PruningSettings:
 def build_settings(config: StudyConfig) -> BuildSettings:
     return BuildSettings(
         finetune=finetune_settings(config),
+        finetune_full=(finetune_settings(config, full=True)
+                       if config.pruning.finetune_full is not None else None),
         quant=quant_settings(config),
         pruning=pruning_settings(config),
         confidence=config.early_exit.measures[0], exit_fallback=config.early_exit.fallback)

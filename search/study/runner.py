@@ -16,7 +16,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
@@ -52,6 +52,7 @@ from search.study.objectives import (
 from search.study.phase_clock import ASK, BUILD, SUBMIT, TELL, TRACK, WAIT, PhaseClock, PhaseTimes
 from search.study.preparation import Prepared, prepare
 from search.study.progress import objective_summary
+from search.study.promotion import FIDELITY_ATTR, PROMOTED_FROM_ATTR, PromotionRule
 from search.study.samplers import make_sampler
 from search.study.sensitivity import seed_study
 from search.study.trial_log import TrialLog
@@ -60,6 +61,7 @@ from search.tracking.tracker import Tracker
 from search.workspace import Workspace, open_storage
 from spaces import BuildError, BuiltBundle, Candidate
 from spaces.candidate import candidate_label
+from spaces.settings import FULL_FIDELITY
 
 if TYPE_CHECKING:
     import optuna
@@ -152,6 +154,13 @@ class StudyRunner:
         self._repeats = 0  # consecutive candidates that repeated a measured one
         self._stop = GracefulStop()
         self.clock = PhaseClock()
+        self._trials_budget = 0
+        p = config.pruning
+        self._promotion = PromotionRule(
+            share=p.promotion.share, margin=p.promotion.margin,
+            max_accuracy_drop=config.constraints.max_accuracy_drop,
+            objectives=self.objectives, limits=config.constraints.limits(),
+        ) if p.finetune_full is not None and config.model.onnx is None else None
 
     # -- set-up -------------------------------------------------------------------------------
     def _open_study(self, trials: int) -> Any:
@@ -189,7 +198,8 @@ class StudyRunner:
     def _requeue(self, trial: Any) -> None:
         """Run ``trial``'s candidate again later (it was interrupted, not judged)."""
         self._study.enqueue_trial(trial.params, user_attrs={
-            k: v for k, v in trial.user_attrs.items() if k == "baseline"})
+            k: v for k, v in trial.user_attrs.items()
+            if k in ("baseline", FIDELITY_ATTR, PROMOTED_FROM_ATTR)})
 
     def _recover_interrupted(self) -> None:
         """Trials left RUNNING by a killed driver: mark them FAIL and enqueue them again."""
@@ -213,6 +223,9 @@ class StudyRunner:
     def _ask(self, prepared: Prepared) -> _Pending:
         trial = self._study.ask()
         candidate = prepared.space.suggest(trial)
+        fidelity = trial.user_attrs.get(FIDELITY_ATTR)
+        if fidelity:  # a promotion (search.study.promotion): the same params, built again
+            candidate = replace(candidate, fidelity=str(fidelity))
         trial.set_user_attr("candidate", candidate.to_dict())
         trial.set_user_attr("device_class", self.config.device.class_)
         self._log.told(trial, "RUNNING")
@@ -352,7 +365,25 @@ class StudyRunner:
             f"trial {record.number:>3} {candidate_label(dict(record.candidate)):<44} "
             f"{objective_summary(metrics, self.objectives)}  {flag}"
             + (" [bold]front[/bold]" if front else ""))
+        self._promote(pending, record)
         self._refresh()
+
+    def _promote(self, pending: _Pending, record: TrialRecord) -> None:
+        """Queue a screened candidate again at the full fidelity when the rule says so."""
+        if self._promotion is None:
+            return
+        promoted = {int(t.user_attrs[PROMOTED_FROM_ATTR])
+                    for t in self._study.get_trials(deepcopy=False)
+                    if PROMOTED_FROM_ATTR in t.user_attrs}
+        why = self._promotion.reason(record, self.records(), promoted=promoted,
+                                     trials=self._trials_budget)
+        if why is None:
+            return
+        self._study.enqueue_trial(pending.trial.params, user_attrs={
+            FIDELITY_ATTR: FULL_FIDELITY, PROMOTED_FROM_ATTR: record.number})
+        self.monitor.print(f"trial {record.number:>3} promoted to the full finetune ({why}; "
+                           f"{len(promoted) + 1} of at most "
+                           f"{self._promotion.allowance(self._trials_budget)})")
 
     def _contended(self, measurement: Measurement) -> bool:
         share = measurement.latency.cpu_share
@@ -407,6 +438,7 @@ class StudyRunner:
     def _run_locked(self, options: RunOptions, lock: StudyLock) -> StudySummary:
         check_measurable(self.config)  # before anything is trained or started
         self._study = self._open_study(options.trials)  # refuses other objectives at once
+        self._trials_budget = options.trials
         prepared = prepare(self.config, self.workspace.cache)
         self._log = TrialLog.load(self._study)
         self._study.set_user_attr("config", self.config.model_dump(mode="json", by_alias=True))

@@ -27,7 +27,7 @@ from spaces.onnx_graph.mixed_precision import quantize_graph, runtime_disabled_o
 from spaces.onnx_graph.quantize import fusion_report
 from spaces.pruning_space import normalize_stage_ratios
 from spaces.quantization_space import UnsupportedPrecisionError, why_not_runnable
-from spaces.settings import BuildSettings
+from spaces.settings import BuildSettings, FinetuneSettings
 from spaces.torch_model.baseline import TrainedModel
 from spaces.torch_model.export import INPUT_NAME, export_model
 from spaces.torch_model.module_groups import operators_by_group, stage_groups
@@ -107,26 +107,36 @@ class TorchBuilder:
         return self.trained.key
 
     # -- prune + finetune ---------------------------------------------------------------------
-    def pruned_key(self, ratio: float, stage_ratios: tuple[float, ...] = ()) -> str:
+    def pruned_key(self, ratio: float, stage_ratios: tuple[float, ...] = (),
+                   fidelity: str = "") -> str:
         """The cache key of a pruning: model and data (the baseline key), ratios, pruning and
-        finetune settings (the seed included). An unpruned model needs neither."""
+        the fidelity's finetune settings (the seed included). An unpruned model needs
+        neither (nor a fidelity: it is not finetuned)."""
         ratio, stage_ratios = normalize_stage_ratios(stage_ratios) if stage_ratios else (
             ratio, ())
         s = self.settings
         prunes = ratio > 0 or any(r > 0 for r in stage_ratios)
+        finetune = self._finetune(fidelity).to_dict() if prunes else None
         return stable_key("pruned", self.trained.key, list(stage_ratios) or ratio,
-                          s.pruning.to_dict() if prunes else None,
-                          s.finetune.to_dict() if prunes else None)
+                          s.pruning.to_dict() if prunes else None, finetune)
 
-    def pruned(self, ratio: float, stage_ratios: tuple[float, ...] = ()) -> _Pruned:
-        """The model pruned by ``ratio`` (or one ratio per stage) and finetuned, from the
-        in-memory cache, the disk cache (replaying its history) or built now."""
+    def _finetune(self, fidelity: str) -> FinetuneSettings:
+        try:
+            return self.settings.finetune_for(fidelity)
+        except ValueError as exc:
+            raise BuildError(str(exc)) from exc
+
+    def pruned(self, ratio: float, stage_ratios: tuple[float, ...] = (),
+               fidelity: str = "") -> _Pruned:
+        """The model pruned by ``ratio`` (or one ratio per stage) and finetuned at
+        ``fidelity``'s finetune, from the in-memory cache, the disk cache (replaying its
+        history) or built now."""
         if stage_ratios:
             if len(stage_ratios) != self.num_stages:
                 raise BuildError(f"candidate has {len(stage_ratios)} stage pruning ratios for "
                                  f"a model of {self.num_stages} stages")
             ratio, stage_ratios = normalize_stage_ratios(stage_ratios)
-        key = self.pruned_key(ratio, stage_ratios)
+        key = self.pruned_key(ratio, stage_ratios, fidelity)
         if key in self._pruned:
             return self._pruned[key]
         cache = PrunedCache(self.cache_dir / "pruned")
@@ -137,7 +147,8 @@ class TorchBuilder:
                 model = replay_pruning(self.trained.fresh(), meta["history"], self.example)
                 model.load_state_dict(cached.state)
             else:
-                model, meta = self._prune_and_finetune(ratio, stage_ratios)
+                model, meta = self._prune_and_finetune(ratio, stage_ratios,
+                                                       self._finetune(fidelity))
                 cache.write(key, meta, model.state_dict())
         entry = _Pruned(key, model.eval(), meta["history"], tuple(meta["temperatures"]),
                         meta["macs"], meta["params"], tuple(meta.get("stage_ratios", ())),
@@ -153,10 +164,10 @@ class TorchBuilder:
                                                  self.layer_groups)
         return dict(self._operators)
 
-    def _prune_and_finetune(self, ratio: float, stage_ratios: tuple[float, ...]
-                            ) -> tuple[StagedModel, dict[str, Any]]:
+    def _prune_and_finetune(self, ratio: float, stage_ratios: tuple[float, ...],
+                            ft: FinetuneSettings) -> tuple[StagedModel, dict[str, Any]]:
         s, data = self.settings, self.data
-        ft, p = s.finetune, s.pruning
+        p = s.pruning
         started = time.perf_counter()
         prunes = ratio > 0 or any(r > 0 for r in stage_ratios)
         chosen = ft.subset_indices(len(data.train_x)) if prunes else np.arange(0)
@@ -252,7 +263,8 @@ class TorchBuilder:
         """Build ``candidate`` into a bundle at ``directory``; raise :class:`BuildError`."""
         started = time.perf_counter()
         try:
-            pruned = self.pruned(candidate.prune_ratio, candidate.stage_prune_ratios)
+            pruned = self.pruned(candidate.prune_ratio, candidate.stage_prune_ratios,
+                                 candidate.fidelity)
             paths, fusion = self.graphs(pruned, candidate.quantization, candidate.early_exit)
         except BuildError:
             raise
