@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,38 +278,34 @@ class RayAgentPool:
 
     def confirm(self, request: ConfirmRequest) -> Confirmation:
         """Run a confirmation on one free agent and wait for it (``timeout_s`` per bundle)."""
-        import ray
-
-        if not self.wait_for_free_slot():
-            raise AgentUnavailableError(f"no free agent of device class {self.device_class!r} "
-                                        f"to confirm on")
-        agent = self._free_agents()[0]
-        ref = agent.handle.confirm.remote(request)
-        ready, _ = ray.wait([ref], timeout=self.timeout_s * max(1, len(request.bundles)))
-        if not ready:
-            self._lost(agent, "timed out confirming", True)
-            raise AgentUnavailableError(f"agent {agent.agent_id} did not finish the "
-                                        f"confirmation within "
-                                        f"{self.timeout_s * len(request.bundles):.0f} s")
-        confirmation: Confirmation = ray.get(ref)
+        confirmation: Confirmation = self._on_one_agent(
+            "confirm", lambda agent: agent.handle.confirm.remote(request),
+            self.timeout_s * max(1, len(request.bundles)))
         return confirmation
 
     def profile(self, request: ProfileRequest) -> OperatorProfile:
         """Profile one bundle on one free agent (onnxruntime's profiler) and wait for it."""
+        profile: OperatorProfile = self._on_one_agent(
+            "profile", lambda agent: agent.handle.profile.remote(request), self.timeout_s)
+        return profile
+
+    def _on_one_agent(self, doing: str, call: Callable[[KnownAgent], Any],
+                      timeout_s: float) -> Any:
+        """``call`` on one free agent (its object reference), waited for up to ``timeout_s``;
+        an agent that does not answer in time is dropped."""
         import ray
 
         if not self.wait_for_free_slot():
             raise AgentUnavailableError(f"no free agent of device class {self.device_class!r} "
-                                        f"to profile on")
+                                        f"to {doing} on")
         agent = self._free_agents()[0]
-        ref = agent.handle.profile.remote(request)
-        ready, _ = ray.wait([ref], timeout=self.timeout_s)
+        ref = call(agent)
+        ready, _ = ray.wait([ref], timeout=timeout_s)
         if not ready:
-            self._lost(agent, "timed out profiling", True)
-            raise AgentUnavailableError(f"agent {agent.agent_id} did not finish the profile "
-                                        f"within {self.timeout_s:.0f} s")
-        profile: OperatorProfile = ray.get(ref)
-        return profile
+            self._lost(agent, f"timed out ({doing})", True)
+            raise AgentUnavailableError(f"agent {agent.agent_id} did not {doing} within "
+                                        f"{timeout_s:.0f} s")
+        return ray.get(ref)
 
     def wait_for_free_slot(self, timeout: float | None = None) -> bool:
         """Wait (up to ``timeout``, default ``wait_for_agents_s``) until an agent is free,
