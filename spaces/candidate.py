@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from device_agents.runtime_options import DEFAULT_GRAPH_OPTIMIZATION
+
 #: The precisions searched by default: float, and int8 static QDQ (fused integer kernels).
 PRECISIONS = ("fp32", "int8")
 #: Every precision a layer group can take. ``int8``: static QDQ (activations and weights);
@@ -40,6 +42,16 @@ class Candidate:
     exit_thresholds: tuple[float, ...] = ()
     exit_confidence: str = ""
     stage_prune_ratios: tuple[float, ...] = ()
+    #: runtime knobs (``spaces/runtime_space.py``, docs/RUNTIME.md), each left out of
+    #: ``to_dict`` at its default (today's behaviour) so older candidate dicts read and write
+    #: the same: onnxruntime's graph optimization level, intra-op threads (0: the agent's),
+    #: the execution provider as ``NAME[:key=value;...]`` (``""``: the agent's), and whether
+    #: the graph's batch axis is fixed to 1 (True), kept dynamic (False) or left as the
+    #: builder makes it (None)
+    graph_optimization: str = DEFAULT_GRAPH_OPTIMIZATION
+    intra_op_threads: int = 0
+    provider: str = ""
+    static_shape: bool | None = None
 
     @property
     def early_exit(self) -> bool:
@@ -57,6 +69,20 @@ class Candidate:
             data["exit_confidence"] = self.exit_confidence
         if self.stage_prune_ratios:
             data["stage_prune_ratios"] = list(self.stage_prune_ratios)
+        data.update(self.runtime_dict())
+        return data
+
+    def runtime_dict(self) -> dict[str, Any]:
+        """The runtime knobs that differ from their defaults."""
+        data: dict[str, Any] = {}
+        if self.graph_optimization != DEFAULT_GRAPH_OPTIMIZATION:
+            data["graph_optimization"] = self.graph_optimization
+        if self.intra_op_threads:
+            data["intra_op_threads"] = self.intra_op_threads
+        if self.provider:
+            data["provider"] = self.provider
+        if self.static_shape is not None:
+            data["static_shape"] = self.static_shape
         return data
 
     @classmethod
@@ -66,7 +92,13 @@ class Candidate:
                    exit_thresholds=tuple(float(t) for t in data.get("exit_thresholds", ())),
                    exit_confidence=str(data.get("exit_confidence", "")),
                    stage_prune_ratios=tuple(float(r)
-                                            for r in data.get("stage_prune_ratios", ())))
+                                            for r in data.get("stage_prune_ratios", ())),
+                   graph_optimization=str(data.get("graph_optimization",
+                                                   DEFAULT_GRAPH_OPTIMIZATION)),
+                   intra_op_threads=int(data.get("intra_op_threads", 0)),
+                   provider=str(data.get("provider", "")),
+                   static_shape=(None if data.get("static_shape") is None
+                                 else bool(data["static_shape"])))
 
     def describe(self) -> str:
         """A short human label, e.g. ``int8/int8/fp32 prune=0.25 exit@0.90``."""
@@ -76,7 +108,13 @@ class Candidate:
             exits += f"({self.exit_confidence})"
         prune = ("/".join(f"{r:g}" for r in self.stage_prune_ratios) if self.stage_prune_ratios
                  else f"{self.prune_ratio:g}")
-        return f"{'/'.join(self.quantization)} prune={prune} {exits}"
+        runtime = "".join(f" {_RUNTIME_LABELS[key]}={value}"
+                          for key, value in self.runtime_dict().items())
+        return f"{'/'.join(self.quantization)} prune={prune} {exits}{runtime}"
+
+
+_RUNTIME_LABELS = {"graph_optimization": "opt", "intra_op_threads": "threads",
+                   "provider": "ep", "static_shape": "static"}
 
 
 def _threshold_label(threshold: float) -> str:

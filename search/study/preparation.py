@@ -21,6 +21,7 @@ from spaces import (
     ModelError,
     PruningSettings,
     PruningSpace,
+    RuntimeSpace,
     SearchSpace,
     TrainSettings,
     load_reference,
@@ -93,7 +94,26 @@ def search_space(config: StudyConfig, builder: Builder) -> SearchSpace:
         exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=config.searches_exits,
                         threshold_low=e.threshold[0], threshold_high=e.threshold[1],
                         per_exit=e.thresholds == "per_exit", scale=e.scale,
-                        confidences=e.measures))
+                        confidences=e.measures),
+        runtime=runtime_space(config, builder))
+
+
+def runtime_space(config: StudyConfig, builder: Builder) -> RuntimeSpace:
+    """The config's ``runtime`` knobs; raise :class:`ConfigError` for a value the model
+    cannot take (``static_shape: false`` for an ONNX file whose input is already static)."""
+    r = config.runtime
+    if r.static_shape is not None and False in r.static_shape and \
+            not getattr(builder, "dynamic_input", True):
+        raise ConfigError(f"runtime.static_shape: {config.model.onnx}'s input is static (batch "
+                          f"1), so there is no dynamic batch axis to keep; list [true] or "
+                          f"leave the key out")
+    try:
+        return RuntimeSpace(graph_optimizations=tuple(r.graph_optimization or ()),
+                            threads=tuple(r.threads or ()),
+                            providers=tuple(r.providers or ()),
+                            static_shapes=tuple(r.static_shape or ()))
+    except SpaceError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def exit_head_spec(config: StudyConfig) -> ExitHeadSpec:
