@@ -132,7 +132,7 @@ class OnnxBuilder:
     def _check(self, candidate: Candidate) -> None:
         if candidate.prune_ratio or candidate.stage_prune_ratios or candidate.exit_thresholds:
             raise BuildError(f"{candidate.describe()}: an ONNX model is searched in "
-                             f"quantization and runtime knobs only (no pruning, no exits)")
+                             f"quantization only, and runtime knobs (no pruning, no exits)")
         if candidate.static_shape is False and not self.dynamic_input:
             raise BuildError(f"{candidate.describe()}: {self.source.name}'s input is static; "
                              f"there is no dynamic batch axis to keep")
