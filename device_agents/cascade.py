@@ -102,6 +102,10 @@ class CascadeRunner:
     ``most_confident`` fallback, whichever exit was most confident. With no thresholds the
     stages simply run in sequence.
 
+    The sessions open with the manifest's ``runtime`` section (graph optimization level,
+    ``intra_op_threads``, ``providers``; docs/RUNTIME.md): explicit ``threads`` / ``providers``
+    override the bundle's; without either, 1 thread on ``CPUExecutionProvider``.
+
     A deployed bundle's ``deployment.fallback`` applies in :meth:`predict`: below its
     confidence, an abstention, the default label, or the bundle at ``fallback_bundle/`` (opened
     on first use) answers. A ``monitor`` (:class:`~device_agents.monitor.Monitor`) is told every
