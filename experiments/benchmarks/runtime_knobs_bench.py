@@ -17,7 +17,9 @@ agents time) under each variant:
   quantization run);
 - ``openvino``: OpenVINO's own runtime on a single-graph bundle's ``model.onnx``
   (``openvino.compile_model``, CPU, one inference thread, the latency hint), fed the same
-  preprocessed samples (``--openvino``; needs ``pip install paretoedge[bench]``).
+  preprocessed samples (``--openvino``; needs ``pip install paretoedge[bench]``). A study's
+  front is mostly cascades (one graph per stage): ``--single-graphs RATIO`` adds the study's
+  fp32, int8 and int8-pruned-by-RATIO candidates without exits, built by its builder.
 
 In each of ``--rounds`` rounds every (bundle, variant) pair takes a turn in rotated order:
 ``--warmup`` untimed runs, then ``--runs`` timed ones cycling through the test samples. A
@@ -26,7 +28,8 @@ round, so the host's drift between rounds cancels. Accuracy on the samples is me
 variant (a knob must not change the answers). Prints the table and writes JSON:
 
     .venv/bin/python experiments/benchmarks/runtime_knobs_bench.py --workdir runs \\
-        --study digits --fastest 3 --cores 1 --openvino --out runs/runtime_knobs_bench
+        --study digits --fastest 3 --single-graphs 0.5 --cores 1 --openvino \\
+        --out runs/runtime_knobs_bench
 """
 
 from __future__ import annotations
@@ -118,6 +121,28 @@ def rebuilt_variant(record: Any, builder: Any, out: Path) -> tuple[str, Path] | 
     return name, directory
 
 
+def single_graph_bundles(builder: Any, prune_ratio: float, out: Path) -> dict[str, Path]:
+    """The study's fp32, int8 and pruned int8 candidates without exits (one graph each, what
+    OpenVINO can run), built by its builder: int8 on every group whose operators run it."""
+    from spaces import Candidate
+    from spaces.quantization_space import why_not_runnable
+
+    operators = builder.operators()
+    int8 = tuple("int8" if why_not_runnable("int8", operators[g]) is None else "fp32"
+                 for g in builder.groups)
+    candidates = {"fp32 single graph": Candidate(quantization=("fp32",) * len(int8)),
+                  "int8 single graph": Candidate(quantization=int8)}
+    if prune_ratio > 0:
+        candidates[f"int8 prune={prune_ratio:g} single graph"] = Candidate(
+            quantization=int8, prune_ratio=prune_ratio)
+    bundles = {}
+    for name, candidate in candidates.items():
+        directory = out / "built" / name.replace(" ", "_").replace("=", "")
+        builder.build(candidate, directory)
+        bundles[name] = directory
+    return bundles
+
+
 def accuracy(run: Runner, labels: np.ndarray) -> float:
     return float(np.mean([run(i) == labels[i] for i in range(len(labels))]))
 
@@ -189,6 +214,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", default="", help="intra-op thread counts, e.g. 2,4")
     parser.add_argument("--providers", default="", help="execution providers, e.g. XNNPACK")
     parser.add_argument("--openvino", action="store_true", help="add OpenVINO's runtime")
+    parser.add_argument("--single-graphs", type=float, default=None, metavar="RATIO",
+                        help="also build the study's fp32, int8 and int8 pruned by RATIO "
+                             "candidates without exits (for --openvino; 0: no pruned one)")
     parser.add_argument("--no-rebuild", action="store_true",
                         help="skip the static/dynamic batch axis variants")
     parser.add_argument("--rounds", type=int, default=10)
@@ -226,16 +254,20 @@ def main() -> None:
         inputs, labels = inputs[:args.eval_samples], labels[:args.eval_samples]
 
     rebuilt: dict[str, tuple[str, Path]] = {}
-    if records and not args.no_rebuild:
+    if records and (not args.no_rebuild or args.single_graphs is not None):
         from search.study.preparation import prepare
 
         config, workspace = study
         builder = prepare(config, workspace.cache).builder
         names = list(bundles)
         for name, record in zip(names, records, strict=False):
-            made = rebuilt_variant(record, builder, args.out.resolve())
+            made = None if args.no_rebuild else rebuilt_variant(record, builder,
+                                                                args.out.resolve())
             if made is not None:
                 rebuilt[name] = made
+        if args.single_graphs is not None:
+            bundles.update(single_graph_bundles(builder, args.single_graphs,
+                                                args.out.resolve()))
 
     variants: list[Variant] = []
     for name, directory in bundles.items():
