@@ -308,6 +308,9 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
     finally:
         meter.close()
     fingerprint = _fingerprint(protocol, providers, meter, timing.energy_span_mj is not None)
+    # what this bundle ran with: its own threads and providers where its manifest names them
+    fingerprint["threads"] = bundle.runner.threads
+    fingerprint["providers"] = [p.spec for p in bundle.runner.providers]
     return timing.measurement(protocol, converged=converged, idle_mw=idle_mw,
                               fingerprint=fingerprint, agent_id=agent_id,
                               duration_s=time.perf_counter() - started)

@@ -112,3 +112,15 @@ def test_the_agent_measures_with_the_bundles_threads_not_the_protocols(tmp_path,
     loaded = load_and_evaluate(plain, eval_set, fast_protocol, expected_digest=plain_digest,
                                providers=(Provider(CPU_PROVIDER),))
     assert loaded.runner.threads == 1
+
+
+def test_the_measurements_fingerprint_says_what_the_bundle_ran_with(tmp_path, cascade,
+                                                                    fast_protocol) -> None:
+    from device_agents.measure import measure_bundle
+
+    directory, digest = _with_runtime(tmp_path, cascade, RuntimeOptions(intra_op_threads=2))
+    eval_set = EvalSet(np.zeros((4, 1, 4), dtype=np.float32), np.zeros(4, dtype=np.int64))
+    measurement = measure_bundle(directory, eval_set, fast_protocol, expected_digest=digest,
+                                 energy_counters=[])
+    assert measurement.fingerprint["threads"] == 2
+    assert measurement.fingerprint["providers"] == [CPU_PROVIDER]
