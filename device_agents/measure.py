@@ -119,7 +119,13 @@ def load_and_evaluate(directory: Path, eval_set: EvalSet, protocol: MeasurementP
     started = time.perf_counter()
     memory = PeakMemory()
     manifest = verify_bundle(Path(directory), expected_digest)
-    # the bundle's own runtime section wins over the agent's defaults (docs/RUNTIME.md)
+    # the bundle's own runtime section wins over the agent's defaults (docs/RUNTIME.md); a
+    # provider it names that this onnxruntime lacks fails the measurement (onnxruntime would
+    # run the CPU instead, silently)
+    if manifest.runtime_options.providers:
+        import onnxruntime as ort
+
+        manifest.runtime_options.check_available(ort.get_available_providers())
     threads, chosen = manifest.runtime_options.on_agent(protocol.threads, providers)
     runner = CascadeRunner(directory, manifest, threads=threads, providers=chosen)
     inputs = [eval_set.inputs[i] for i in range(len(eval_set))]

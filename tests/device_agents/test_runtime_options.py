@@ -124,3 +124,13 @@ def test_the_measurements_fingerprint_says_what_the_bundle_ran_with(tmp_path, ca
                                  energy_counters=[])
     assert measurement.fingerprint["threads"] == 2
     assert measurement.fingerprint["providers"] == [CPU_PROVIDER]
+
+
+def test_an_agent_refuses_to_measure_on_a_provider_it_lacks(tmp_path, cascade,
+                                                            fast_protocol) -> None:
+    directory, digest = _with_runtime(tmp_path, cascade, RuntimeOptions(
+        providers=(Provider("NoSuchExecutionProvider"), Provider(CPU_PROVIDER))))
+    eval_set = EvalSet(np.zeros((4, 1, 4), dtype=np.float32), np.zeros(4, dtype=np.int64))
+    with pytest.raises(BundleError, match="NoSuchExecutionProvider"):
+        load_and_evaluate(directory, eval_set, fast_protocol, expected_digest=digest,
+                          providers=(Provider(CPU_PROVIDER),))
