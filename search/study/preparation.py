@@ -98,15 +98,23 @@ def search_space(config: StudyConfig, builder: Builder) -> SearchSpace:
         runtime=runtime_space(config, builder))
 
 
+def static_shape_problem(config: StudyConfig, dynamic_input: bool) -> str | None:
+    """Why ``runtime.static_shape`` cannot be given to a model whose input is (not)
+    dynamic: ``false`` for an ONNX file whose input is already static; or None."""
+    r = config.runtime
+    if r.static_shape is not None and False in r.static_shape and not dynamic_input:
+        return (f"runtime.static_shape: {config.model.onnx}'s input is static (batch 1), so "
+                f"there is no dynamic batch axis to keep; list [true] or leave the key out")
+    return None
+
+
 def runtime_space(config: StudyConfig, builder: Builder) -> RuntimeSpace:
     """The config's ``runtime`` knobs; raise :class:`ConfigError` for a value the model
-    cannot take (``static_shape: false`` for an ONNX file whose input is already static)."""
+    cannot take (:func:`static_shape_problem`)."""
+    problem = static_shape_problem(config, getattr(builder, "dynamic_input", True))
+    if problem is not None:
+        raise ConfigError(problem)
     r = config.runtime
-    if r.static_shape is not None and False in r.static_shape and \
-            not getattr(builder, "dynamic_input", True):
-        raise ConfigError(f"runtime.static_shape: {config.model.onnx}'s input is static (batch "
-                          f"1), so there is no dynamic batch axis to keep; list [true] or "
-                          f"leave the key out")
     try:
         return RuntimeSpace(graph_optimizations=tuple(r.graph_optimization or ()),
                             threads=tuple(r.threads or ()),

@@ -25,6 +25,7 @@ from spaces.errors import BuildError
 from spaces.layer_groups import FULL, LayerGroups
 from spaces.onnx_graph.graph_groups import GraphGroups
 from spaces.onnx_graph.mixed_precision import quantize_graph, runtime_disabled_optimizers
+from spaces.onnx_graph.model_file import has_dynamic_input
 from spaces.onnx_graph.quantize import fusion_report
 from spaces.quantization_space import UnsupportedPrecisionError, why_not_runnable
 from spaces.runtime_space import manifest_runtime
@@ -149,11 +150,7 @@ class OnnxBuilder:
     def dynamic_input(self) -> bool:
         """Whether the graph's input has a symbolic dimension (a free batch axis) that the
         runtime knob ``static_shape: true`` fixes (docs/RUNTIME.md)."""
-        import onnx
-
-        graph = onnx.load(str(self.graph), load_external_data=False).graph
-        dims = next(i for i in graph.input if i.name == self.input_name).type.tensor_type
-        return any(not d.HasField("dim_value") for d in dims.shape.dim)
+        return has_dynamic_input(self.graph)
 
     def static_graph(self) -> Path:
         """The graph with its input fixed to one sample's shape (batch 1), cached."""

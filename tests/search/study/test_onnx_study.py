@@ -263,7 +263,11 @@ def test_runtime_knobs_are_searched_built_and_measured_as_written(tmp_path, digi
 
     make_input_shape_fixed(model.graph, model.graph.input[0].name, [1, 1, 8, 8])
     onnx.save(model, str(static))
+    static_config = load_config(onnx_config(tmp_path, static, study="static", runtime=runtime))
     with pytest.raises(ConfigError, match=r"^runtime\.static_shape: .*static\.onnx's input is "
                                           r"static"):
-        prepare(load_config(onnx_config(tmp_path, static, study="static", runtime=runtime)),
-                tmp_path / "cache")
+        prepare(static_config, tmp_path / "cache")
+    from search.study.checks import source_problems  # what paretoedge validate reports
+
+    assert [p.split(":")[0] for p in source_problems(static_config)] == ["runtime.static_shape"]
+    assert source_problems(load_config(onnx_config(tmp_path, digits_onnx, runtime=runtime))) == []
