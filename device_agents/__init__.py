@@ -57,6 +57,7 @@ from device_agents.protocol import (
     PercentileCI,
     ProfileRequest,
 )
+from device_agents.runtime_options import RuntimeOptions
 from device_agents.telemetry import TelemetryFile, TelemetryWriter, read_telemetry
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "Preprocessing",
     "ProfileRequest",
     "PrometheusExporter",
+    "RuntimeOptions",
     "StageSpec",
     "TelemetryError",
     "TelemetryFile",

@@ -19,6 +19,7 @@ from typing import Any
 
 from device_agents.deployment_spec import FALLBACK_BUNDLE_DIR, DeploymentSpec
 from device_agents.errors import BundleError, BundleIntegrityError
+from device_agents.runtime_options import RuntimeOptions
 
 FORMAT_NAME = "paretoedge-bundle"
 #: the version of a bundle as a study writes it
@@ -143,10 +144,15 @@ class BundleManifest:
     #: the optional "deployment" section (format version 2): the fallback policy and the
     #: monitor's reference, written by ``device_agents.deployment.deployed_copy``
     deployment: DeploymentSpec | None = None
+    #: the rest of the "runtime" section: graph optimization level, intra-op threads,
+    #: providers with their options (``device_agents/runtime_options.py``); each field absent
+    #: at its default
+    runtime_options: RuntimeOptions = RuntimeOptions()
 
     def to_dict(self) -> dict[str, Any]:
-        runtime = ({"runtime": {"disabled_optimizers": list(self.disabled_optimizers)}}
-                   if self.disabled_optimizers else {})
+        section = {**({"disabled_optimizers": list(self.disabled_optimizers)}
+                      if self.disabled_optimizers else {}), **self.runtime_options.to_dict()}
+        runtime = {"runtime": section} if section else {}
         deployment = ({"deployment": self.deployment.to_dict()}
                       if self.deployment is not None else {})
         return {**runtime, **deployment,
@@ -183,6 +189,7 @@ class BundleManifest:
                                           data.get("runtime", {}).get("disabled_optimizers", ())),
                 deployment=(DeploymentSpec.from_dict(data["deployment"])
                             if data.get("deployment") is not None else None),
+                runtime_options=RuntimeOptions.from_dict(data.get("runtime", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"manifest: malformed field {exc}") from exc

@@ -21,7 +21,8 @@ from device_agents.errors import BundleError
 from device_agents.fallback import FallbackRule, Predictor
 from device_agents.monitor import Monitor
 from device_agents.prediction import ABSTAINED_LABEL, Prediction
-from device_agents.profiles import CPU_PROVIDER, ProviderLike, session_providers
+from device_agents.profiles import ProviderLike, session_providers
+from device_agents.runtime_options import ort_level
 
 __all__ = ["ABSTAINED_LABEL", "CascadeEvaluation", "CascadeRunner", "Prediction", "confidence",
            "softmax"]
@@ -101,6 +102,10 @@ class CascadeRunner:
     ``most_confident`` fallback, whichever exit was most confident. With no thresholds the
     stages simply run in sequence.
 
+    The sessions open with the manifest's ``runtime`` section (graph optimization level,
+    ``intra_op_threads``, ``providers``; docs/RUNTIME.md): explicit ``threads`` / ``providers``
+    override the bundle's; without either, 1 thread on ``CPUExecutionProvider``.
+
     A deployed bundle's ``deployment.fallback`` applies in :meth:`predict`: below its
     confidence, an abstention, the default label, or the bundle at ``fallback_bundle/`` (opened
     on first use) answers. A ``monitor`` (:class:`~device_agents.monitor.Monitor`) is told every
@@ -113,20 +118,28 @@ class CascadeRunner:
         7
     """
 
-    def __init__(self, directory: Path | str, manifest: BundleManifest, *, threads: int = 1,
-                 providers: Sequence[ProviderLike] = (CPU_PROVIDER,),
+    def __init__(self, directory: Path | str, manifest: BundleManifest, *,
+                 threads: int | None = None, providers: Sequence[ProviderLike] | None = None,
                  profile_prefix: str | None = None, monitor: Monitor | None = None) -> None:
         import onnxruntime as ort
 
         self.directory = Path(directory)
         self.manifest = manifest
+        runtime = manifest.runtime_options
+        if providers is None:  # the bundle's own providers must exist here (docs/RUNTIME.md)
+            runtime.check_available(ort.get_available_providers())
+        #: what the sessions run with: an explicit argument, else the manifest's runtime
+        #: section, else 1 thread on the CPU provider
+        self.threads, self.providers = runtime.session_settings(threads=threads,
+                                                                providers=providers)
+        level = ort_level(runtime.graph_optimization)
 
         def options(k: int) -> ort.SessionOptions:
             options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
+            options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.graph_optimization_level = level
             if profile_prefix is not None:  # onnxruntime's profiler (operator_profile.py)
                 options.enable_profiling = True
                 options.profile_file_prefix = f"{profile_prefix}_stage{k}"
@@ -134,7 +147,7 @@ class CascadeRunner:
 
         self._sessions = [
             ort.InferenceSession(str(self.directory / stage.file), options(k),
-                                 providers=session_providers(providers),
+                                 providers=session_providers(self.providers),
                                  disabled_optimizers=list(manifest.disabled_optimizers))
             for k, stage in enumerate(manifest.stages)
         ]
@@ -172,7 +185,7 @@ class CascadeRunner:
                          source_digest=deployment.source_digest if deployment else None)
         self._watched = self.fallback is not None or monitor is not None
 
-    def _escalation(self, threads: int, providers: Sequence[ProviderLike]
+    def _escalation(self, threads: int | None, providers: Sequence[ProviderLike] | None
                     ) -> Callable[[], Predictor]:
         """Opens the escalation bundle (verified with the deployed one) on first use."""
         directory, manifest = self.directory / FALLBACK_BUNDLE_DIR, self.manifest
@@ -185,11 +198,15 @@ class CascadeRunner:
         return open_escalation
 
     @classmethod
-    def load(cls, directory: Path | str, *, threads: int = 1, expected_digest: str | None = None,
-             providers: Sequence[ProviderLike] = (CPU_PROVIDER,),
+    def load(cls, directory: Path | str, *, threads: int | None = None,
+             expected_digest: str | None = None,
+             providers: Sequence[ProviderLike] | None = None,
              monitor: Monitor | None = None) -> CascadeRunner:
         """Verify a bundle directory (sha256 of every file) and open its stages.
 
+        ``threads`` and ``providers`` default to the manifest's ``runtime`` section (its
+        ``intra_op_threads`` and ``providers``), else 1 thread on ``CPUExecutionProvider``;
+        given, they override the bundle's (docs/RUNTIME.md).
         ``providers``: onnxruntime execution providers in order of preference, each a plain
         name, a :class:`~device_agents.profiles.Provider` or its text (``NAME:key=value;...``).
         ``monitor``: told every :meth:`predict` (see :class:`~device_agents.monitor.Monitor`).

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agents.bundle import bundle_size_bytes
+from device_agents.bundle import bundle_size_bytes, verify_bundle
 from device_agents.calibration import expected_calibration_error
 from device_agents.cascade import CascadeEvaluation, CascadeRunner
 from device_agents.energy import EnergyCounter, EnergyMeter, energy_per_run, open_counters
@@ -118,8 +118,16 @@ def load_and_evaluate(directory: Path, eval_set: EvalSet, protocol: MeasurementP
     accuracy over the whole eval set, one sample at a time, end to end (every exit's too)."""
     started = time.perf_counter()
     memory = PeakMemory()
-    runner = CascadeRunner.load(directory, threads=protocol.threads,
-                                expected_digest=expected_digest, providers=providers)
+    manifest = verify_bundle(Path(directory), expected_digest)
+    # the bundle's own runtime section wins over the agent's defaults (docs/RUNTIME.md); a
+    # provider it names that this onnxruntime lacks fails the measurement (onnxruntime would
+    # run the CPU instead, silently)
+    if manifest.runtime_options.providers:
+        import onnxruntime as ort
+
+        manifest.runtime_options.check_available(ort.get_available_providers())
+    threads, chosen = manifest.runtime_options.on_agent(protocol.threads, providers)
+    runner = CascadeRunner(directory, manifest, threads=threads, providers=chosen)
     inputs = [eval_set.inputs[i] for i in range(len(eval_set))]
     deadline = time.perf_counter() + protocol.warmup_seconds
     i = 0
@@ -225,7 +233,7 @@ class BundleTiming:
             exit_rates=bundle.evaluation.exit_rates,
             exit_eces=bundle.evaluation.exit_eces if runner.num_stages > 1 else (),
             latency=latency_stats(self.sorted_ms(), converged=converged,
-                                  cpu_share=self.cpu_share(protocol.threads),
+                                  cpu_share=self.cpu_share(runner.threads),
                                   ranked_percentiles=protocol.ranked_percentiles),
             size_kb=bundle_size_bytes(runner.directory, runner.manifest) / 1024.0,
             peak_mem_mb=bundle.peak_mem_mb,
@@ -306,6 +314,9 @@ def measure_bundle(directory: Path, eval_set: EvalSet, protocol: MeasurementProt
     finally:
         meter.close()
     fingerprint = _fingerprint(protocol, providers, meter, timing.energy_span_mj is not None)
+    # what this bundle ran with: its own threads and providers where its manifest names them
+    fingerprint["threads"] = bundle.runner.threads
+    fingerprint["providers"] = [p.spec for p in bundle.runner.providers]
     return timing.measurement(protocol, converged=converged, idle_mw=idle_mw,
                               fingerprint=fingerprint, agent_id=agent_id,
                               duration_s=time.perf_counter() - started)

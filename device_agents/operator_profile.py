@@ -150,9 +150,11 @@ def profile_bundle(directory: Path, inputs: Sequence[np.ndarray] | np.ndarray, *
     if runs < 1 or len(inputs) == 0:
         raise MeasurementError("a profile needs at least one run and one input")
     manifest = verify_bundle(Path(directory), expected_digest)
+    # as measured: the bundle's own runtime section wins over the agent's defaults
+    threads, chosen = manifest.runtime_options.on_agent(threads, providers)
     n = len(inputs)
     with tempfile.TemporaryDirectory(prefix="paretoedge-profile-") as tmp:
-        runner = CascadeRunner(directory, manifest, threads=threads, providers=providers,
+        runner = CascadeRunner(directory, manifest, threads=threads, providers=chosen,
                                profile_prefix=str(Path(tmp) / "profile"))
         starts = runner.profiling_start_ns()
         for i in range(warmup_runs):
@@ -164,7 +166,7 @@ def profile_bundle(directory: Path, inputs: Sequence[np.ndarray] | np.ndarray, *
             exits[i] = runner.run(inputs[i % n])[1]
         wall_us = (time.perf_counter_ns() - began) / 1e3 / runs
         files = runner.end_profiling()
-        plain = CascadeRunner(directory, manifest, threads=threads, providers=providers)
+        plain = CascadeRunner(directory, manifest, threads=threads, providers=chosen)
         for i in range(warmup_runs):
             plain.run(inputs[i % n])
         began = time.perf_counter_ns()

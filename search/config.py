@@ -406,6 +406,55 @@ class ProfilingConfig(_Strict):
     runs: int = Field(1000, ge=10, le=1_000_000)
 
 
+GraphOptimization = Literal["disabled", "basic", "extended", "layout", "all"]
+
+
+class RuntimeConfig(_Strict):
+    """The runtime knobs (docs/RUNTIME.md): each a list of values to search, or absent for
+    today's behaviour (all graph optimizations, ``device.threads``, the agents' providers, the
+    graph's batch axis as the builder makes it). One value applies to every trial; the
+    baseline (trial 0) takes each list's first value."""
+
+    graph_optimization: list[GraphOptimization] | None = Field(
+        None, description="onnxruntime graph optimization levels, e.g. [all, extended, basic]")
+    static_shape: list[bool] | None = Field(
+        None, description="true: the graph's input fixed to batch 1; false: a dynamic batch "
+                          "axis (a PyTorch model's export; an ONNX file keeps its own)")
+    threads: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
+        None, description="intra-op thread counts (at most the cores of the class's agents; "
+                          "local agents are pinned to the largest)")
+    providers: list[str] | None = Field(
+        None, description="execution providers the agents have, NAME[:key=value;...] "
+                          "(CPU, XNNPACK, OpenVINO, CUDA, TensorRT or a full name)")
+
+    @field_validator("graph_optimization", "static_shape", "threads", "providers")
+    @classmethod
+    def _distinct(cls, value: list[object] | None) -> list[object] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must list at least one value (or leave the key out)")
+            if len(set(value)) != len(value):
+                raise ValueError("lists a value twice")
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _provider_texts(cls, value: list[str] | None) -> list[str] | None:
+        from device_agents.runtime_options import provider_from_text
+
+        for text in value or ():
+            try:
+                provider_from_text(text)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def max_threads(self) -> int:
+        """The most intra-op threads a trial may ask for (0: the knob is not searched)."""
+        return max(self.threads or (0,))
+
+
 class SearchConfig(_Strict):
     """The sampler and the budgets: trials, wall-clock time, and patience."""
 
@@ -471,6 +520,7 @@ class StudyConfig(_Strict):
     measurement: MeasurementConfig = MeasurementConfig()
     confirm: ConfirmConfig = ConfirmConfig()
     profiling: ProfilingConfig = ProfilingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
     base_dir: Path = Field(Path("."), exclude=True)

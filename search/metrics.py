@@ -17,6 +17,11 @@ _KNOBS_AND_FACTS: tuple[MetricName, ...] = (
     MetricName("exit_threshold_", "", "", "threshold of exit k"),
     MetricName("early_exit", "", "", "1 when the bundle is a cascade with exits"),
     MetricName("int8_groups", "", "groups", "layer groups at int8"),
+    MetricName("graph_optimization_level", "", "", "onnxruntime's level: 0 disabled, 1 basic, "
+               "2 extended, 3 layout, 4 all (runtime knobs only)"),
+    MetricName("intra_op_threads", "", "threads", "the bundle's intra-op threads (runtime knob)"),
+    MetricName("static_shape", "", "", "1: input fixed to batch 1, 0: dynamic batch axis "
+               "(runtime knob)"),
     MetricName("macs_m", "min", "M", "multiply-accumulates of the full path"),
     MetricName("params_k", "min", "k", "parameters"),
     MetricName("fused_int_ops_ratio", "", "", "quantized compute ops fused into integer kernels"),

@@ -27,6 +27,7 @@ from spaces.precisions import ALL_PRECISIONS, PRECISIONS
 from spaces.pruning_space import PruningSpace
 from spaces.quantization_space import QuantizationSpace
 from spaces.references import load_reference
+from spaces.runtime_space import RuntimeSpace
 from spaces.search_space import SearchSpace
 from spaces.settings import (
     BuildSettings,
@@ -79,6 +80,7 @@ __all__ = [
     "QuantSettings",
     "QuantizationSpace",
     "ReferenceError_",
+    "RuntimeSpace",
     "SearchSpace",
     "SpaceError",
     "SpacesError",

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from device_agents.runtime_options import DEFAULT_GRAPH_OPTIMIZATION
+
 #: The precisions searched by default: float, and int8 static QDQ (fused integer kernels).
 PRECISIONS = ("fp32", "int8")
 #: Every precision a layer group can take. ``int8``: static QDQ (activations and weights);
@@ -43,6 +45,16 @@ class Candidate:
     #: ``""``: built with the study's finetune (screening); ``"full"``: promoted to the long
     #: finetune (``pruning.finetune_full``). Left out of ``to_dict`` when empty.
     fidelity: str = ""
+    #: runtime knobs (``spaces/runtime_space.py``, docs/RUNTIME.md), each left out of
+    #: ``to_dict`` at its default (today's behaviour) so older candidate dicts read and write
+    #: the same: onnxruntime's graph optimization level, intra-op threads (0: the agent's),
+    #: the execution provider as ``NAME[:key=value;...]`` (``""``: the agent's), and whether
+    #: the graph's batch axis is fixed to 1 (True), kept dynamic (False) or left as the
+    #: builder makes it (None)
+    graph_optimization: str = DEFAULT_GRAPH_OPTIMIZATION
+    intra_op_threads: int = 0
+    provider: str = ""
+    static_shape: bool | None = None
 
     @property
     def early_exit(self) -> bool:
@@ -62,6 +74,7 @@ class Candidate:
             data["stage_prune_ratios"] = list(self.stage_prune_ratios)
         if self.fidelity:
             data["fidelity"] = self.fidelity
+        data.update(self.runtime_dict())
         return data
 
     @property
@@ -72,6 +85,19 @@ class Candidate:
         data.pop("fidelity", None)
         return data
 
+    def runtime_dict(self) -> dict[str, Any]:
+        """The runtime knobs that differ from their defaults."""
+        data: dict[str, Any] = {}
+        if self.graph_optimization != DEFAULT_GRAPH_OPTIMIZATION:
+            data["graph_optimization"] = self.graph_optimization
+        if self.intra_op_threads:
+            data["intra_op_threads"] = self.intra_op_threads
+        if self.provider:
+            data["provider"] = self.provider
+        if self.static_shape is not None:
+            data["static_shape"] = self.static_shape
+        return data
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
         return cls(quantization=tuple(str(q) for q in data["quantization"]),
@@ -80,7 +106,13 @@ class Candidate:
                    exit_confidence=str(data.get("exit_confidence", "")),
                    stage_prune_ratios=tuple(float(r)
                                             for r in data.get("stage_prune_ratios", ())),
-                   fidelity=str(data.get("fidelity", "")))
+                   fidelity=str(data.get("fidelity", "")),
+                   graph_optimization=str(data.get("graph_optimization",
+                                                   DEFAULT_GRAPH_OPTIMIZATION)),
+                   intra_op_threads=int(data.get("intra_op_threads", 0)),
+                   provider=str(data.get("provider", "")),
+                   static_shape=(None if data.get("static_shape") is None
+                                 else bool(data["static_shape"])))
 
     def describe(self) -> str:
         """A short human label, e.g. ``int8/int8/fp32 prune=0.25 exit@0.90``."""
@@ -91,7 +123,13 @@ class Candidate:
         prune = ("/".join(f"{r:g}" for r in self.stage_prune_ratios) if self.stage_prune_ratios
                  else f"{self.prune_ratio:g}")
         fidelity = f" [{self.fidelity}-ft]" if self.fidelity else ""
-        return f"{'/'.join(self.quantization)} prune={prune}{fidelity} {exits}"
+        runtime = "".join(f" {_RUNTIME_LABELS[key]}={value}"
+                          for key, value in self.runtime_dict().items())
+        return f"{'/'.join(self.quantization)} prune={prune}{fidelity} {exits}{runtime}"
+
+
+_RUNTIME_LABELS = {"graph_optimization": "opt", "intra_op_threads": "threads",
+                   "provider": "ep", "static_shape": "static"}
 
 
 def _threshold_label(threshold: float) -> str:

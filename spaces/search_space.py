@@ -1,4 +1,4 @@
-"""The search space: the three knobs together, and how a trial becomes a :class:`Candidate`."""
+"""The search space: the knobs together, and how a trial becomes a :class:`Candidate`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from spaces.candidate import Candidate
 from spaces.exit_space import ExitSpace
 from spaces.pruning_space import PruningSpace
 from spaces.quantization_space import QuantizationSpace
+from spaces.runtime_space import RuntimeSpace
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,17 @@ class SearchSpace:
     quantization: QuantizationSpace
     pruning: PruningSpace = PruningSpace()
     exits: ExitSpace = ExitSpace(num_exits=0)
+    runtime: RuntimeSpace = RuntimeSpace()
 
     def baseline(self) -> Candidate:
         return Candidate(quantization=self.quantization.baseline(),
                          prune_ratio=self.pruning.baseline(),
-                         exit_thresholds=self.exits.baseline())
+                         exit_thresholds=self.exits.baseline(), **self.runtime.baseline())
 
     def baseline_params(self) -> dict[str, Any]:
         """Optuna params of the baseline, to enqueue it as trial 0."""
         return {**self.quantization.baseline_params(), **self.pruning.baseline_params(),
-                **self.exits.baseline_params()}
+                **self.exits.baseline_params(), **self.runtime.baseline_params()}
 
     def suggest(self, trial: Any) -> Candidate:
         """Sample a candidate with ``trial.suggest_*`` (an ``optuna.Trial``)."""
@@ -43,4 +45,5 @@ class SearchSpace:
         thresholds, confidence = self.exits.suggest(trial)
         return Candidate(quantization=quantization, prune_ratio=prune_ratio,
                          stage_prune_ratios=stage_prune_ratios,
-                         exit_thresholds=thresholds, exit_confidence=confidence)
+                         exit_thresholds=thresholds, exit_confidence=confidence,
+                         **self.runtime.suggest(trial))

@@ -66,17 +66,30 @@ class _Job:
     tried: set[str] = field(default_factory=set)
 
 
-def local_core_plan(cpu_count: int, agents: int) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
-    """Cores for each local agent (the last cores, one each) and for the builder (the rest).
+def local_core_plan(cpu_count: int, agents: int, per_agent: int = 1
+                    ) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+    """Cores for each local agent (the last cores, ``per_agent`` each) and for the builder
+    (the rest).
 
     A measuring agent must not share its core with model building or another measurement
     (docs/STACK.md); when there are too few cores the builder keeps core 0 and agents
-    double up.
+    double up. An agent of several cores (the runtime knob ``threads``, docs/RUNTIME.md) that
+    does not fit beside the builder's core 0 takes the last ``per_agent`` cores, core 0
+    included (the builder then shares it: builds do not overlap local measurements unless
+    ``device.overlap_builds``).
     """
     if cpu_count <= 1:
         return [(0,)] * agents, (0,)
     usable = list(range(cpu_count - 1, 0, -1))
-    plan: list[tuple[int, ...]] = [(usable[i % len(usable)],) for i in range(agents)]
+    if per_agent > 1:
+        pool = usable if per_agent <= len(usable) else list(range(cpu_count - 1, -1, -1))
+        width = min(per_agent, len(pool))
+        plan: list[tuple[int, ...]] = [
+            tuple(sorted(pool[(i * width + j) % len(pool)] for j in range(width)))
+            for i in range(agents)]
+        taken = {core for cores in plan for core in cores}
+        return plan, tuple(c for c in range(cpu_count) if c not in taken) or (0,)
+    plan = [(usable[i % len(usable)],) for i in range(agents)]
     taken = {core for cores in plan for core in cores}
     builder = tuple(c for c in range(cpu_count) if c not in taken) or (0,)
     return plan, builder
@@ -142,14 +155,16 @@ class RayAgentPool:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def start_local(cls, device_class: str, count: int, *, threads: int = 1,
-                    cache_dir: str | None = None, **kwargs: Any) -> RayAgentPool:
-        """Start a local Ray cluster and ``count`` agents pinned to their own cores."""
+                    cache_dir: str | None = None, cores_per_agent: int = 1,
+                    **kwargs: Any) -> RayAgentPool:
+        """Start a local Ray cluster and ``count`` agents pinned to their own cores
+        (``cores_per_agent`` each)."""
         import ray
 
         from device_agents.ray_actor import create_agent
 
         cpus = os.cpu_count() or 1
-        plan, builder_cores = local_core_plan(cpus, count)
+        plan, builder_cores = local_core_plan(cpus, count, cores_per_agent)
         owns_cluster = not ray.is_initialized()
         if hasattr(os, "sched_setaffinity"):
             # before Ray starts: its processes (GCS, raylet, workers) inherit the builder's

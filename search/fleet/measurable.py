@@ -28,8 +28,14 @@ def _host_counters(providers: Sequence[str]) -> Sequence[object]:
 
 def unmeasurable_problem(config: StudyConfig, *,
                          host_counters: CounterProbe = _host_counters) -> str | None:
-    """Why the study's agents cannot measure one of its objectives or limits, or None."""
+    """Why the study's agents cannot measure one of its objectives or limits, or give its
+    runtime knobs (local agents: :mod:`search.fleet.runtime_offer`), or None."""
     from device_agents.profiles import profile_for
+    from search.fleet.runtime_offer import local_runtime_problem
+
+    runtime = local_runtime_problem(config)
+    if runtime is not None:
+        return runtime
 
     wanted = [*config.objectives, *config.constraints.limits()]
     energy = [name for name in dict.fromkeys(wanted) if name in ENERGY_METRICS]

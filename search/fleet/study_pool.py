@@ -20,5 +20,8 @@ def default_dispatcher(config: StudyConfig, workspace: Workspace) -> Dispatcher:
         return RayAgentPool.connect(d.address, d.class_, threads=d.threads,
                                     discover_every_s=d.discover_every_s,
                                     heartbeat_timeout_s=d.heartbeat_timeout_s, **common)
+    # an agent is pinned to as many cores as the most threads a trial may ask for
     return RayAgentPool.start_local(d.class_, d.agents, threads=d.threads,
-                                    cache_dir=str(workspace.cache / "agent"), **common)
+                                    cache_dir=str(workspace.cache / "agent"),
+                                    cores_per_agent=max(config.runtime.max_threads, 1),
+                                    **common)

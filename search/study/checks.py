@@ -1,6 +1,7 @@
 """What a run would trip on after it started, checked before (``paretoedge validate``): the
 config's references import and are callable (nothing is called), a checkpoint reads and fits
-the factory's module (the factory is called once), an ONNX file loads in onnxruntime.
+the factory's module (the factory is called once), an ONNX file loads in onnxruntime (and has
+the dynamic batch axis ``runtime.static_shape: false`` would keep).
 
 Each problem is one line naming the config file and the field (or the file it points at).
 Torch and onnxruntime are imported only by the checks that need them, behind ``spaces``.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from search.config import StudyConfig
 from search.errors import ConfigError
-from search.study.preparation import torch_model_spec
+from search.study.preparation import static_shape_problem, torch_model_spec
 from spaces import SpacesError, load_reference
 
 
@@ -32,6 +33,11 @@ def _model_file_problem(config: StudyConfig, factory_ok: bool) -> str | None:
             from spaces.onnx_graph.model_file import check_onnx_file
 
             check_onnx_file(config.base_dir / config.model.onnx)
+            if config.runtime.static_shape is not None:
+                from spaces.onnx_graph.model_file import has_dynamic_input
+
+                return static_shape_problem(
+                    config, has_dynamic_input(config.base_dir / config.model.onnx))
         elif config.model.checkpoint is not None:
             from spaces.torch_model.preparation import check_checkpoint
 

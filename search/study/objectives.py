@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from device_agents import Measurement
+from device_agents.runtime_options import GRAPH_OPTIMIZATION_LEVELS
 from search.config import StudyConfig
 from search.metrics import METRICS
 from search.objective_set import ObjectiveSet
@@ -30,6 +31,13 @@ def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Ma
         for k, threshold in enumerate(candidate.exit_thresholds):
             metrics[f"exit_threshold_{k}"] = threshold
     metrics["int8_groups"] = float(sum(q == "int8" for q in candidate.quantization))
+    # the runtime knobs (docs/RUNTIME.md): the level always (all, 4, unless searched)
+    metrics["graph_optimization_level"] = float(
+        GRAPH_OPTIMIZATION_LEVELS.index(candidate.graph_optimization))
+    if candidate.intra_op_threads:
+        metrics["intra_op_threads"] = float(candidate.intra_op_threads)
+    if candidate.static_shape is not None:
+        metrics["static_shape"] = float(candidate.static_shape)
     metrics["measure_s"] = measurement.duration_s
     if measurement.agent_s > 0:
         metrics["agent_s"] = measurement.agent_s

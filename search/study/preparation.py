@@ -21,6 +21,7 @@ from spaces import (
     ModelError,
     PruningSettings,
     PruningSpace,
+    RuntimeSpace,
     SearchSpace,
     TrainSettings,
     load_reference,
@@ -99,7 +100,34 @@ def search_space(config: StudyConfig, builder: Builder) -> SearchSpace:
         exits=ExitSpace(num_exits=builder.num_stages - 1, enabled=config.searches_exits,
                         threshold_low=e.threshold[0], threshold_high=e.threshold[1],
                         per_exit=e.thresholds == "per_exit", scale=e.scale,
-                        confidences=e.measures))
+                        confidences=e.measures),
+        runtime=runtime_space(config, builder))
+
+
+def static_shape_problem(config: StudyConfig, dynamic_input: bool) -> str | None:
+    """Why ``runtime.static_shape`` cannot be given to a model whose input is (not)
+    dynamic: ``false`` for an ONNX file whose input is already static; or None."""
+    r = config.runtime
+    if r.static_shape is not None and False in r.static_shape and not dynamic_input:
+        return (f"runtime.static_shape: {config.model.onnx}'s input is static (batch 1), so "
+                f"there is no dynamic batch axis to keep; list [true] or leave the key out")
+    return None
+
+
+def runtime_space(config: StudyConfig, builder: Builder) -> RuntimeSpace:
+    """The config's ``runtime`` knobs; raise :class:`ConfigError` for a value the model
+    cannot take (:func:`static_shape_problem`)."""
+    problem = static_shape_problem(config, getattr(builder, "dynamic_input", True))
+    if problem is not None:
+        raise ConfigError(problem)
+    r = config.runtime
+    try:
+        return RuntimeSpace(graph_optimizations=tuple(r.graph_optimization or ()),
+                            threads=tuple(r.threads or ()),
+                            providers=tuple(r.providers or ()),
+                            static_shapes=tuple(r.static_shape or ()))
+    except SpaceError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def exit_head_spec(config: StudyConfig) -> ExitHeadSpec:

@@ -27,6 +27,7 @@ from search.config import StudyConfig
 from search.errors import ConfigError, SearchError
 from search.fleet.dispatch import Completed, Dispatcher
 from search.fleet.measurable import check_measurable
+from search.fleet.runtime_offer import check_agents_offer
 from search.fleet.study_pool import default_dispatcher
 from search.objective_set import OBJECTIVES_ATTR, ObjectiveSet
 from search.records import INTERRUPTED, INTERRUPTED_ATTR, TrialRecord
@@ -455,6 +456,11 @@ class StudyRunner:
             with sigint_ignored():  # Ctrl-C must reach the driver only (search.study.interrupts)
                 dispatcher = self.dispatcher_factory(self.config, self.workspace)
             lock.remember_children()
+            try:  # the runtime knobs of a running cluster's agents (local ones: checked above)
+                check_agents_offer(self.config, dispatcher)
+            except ConfigError:
+                dispatcher.close()
+                raise
             self.monitor.clock.agents_ready(self._finished())
             self.clock = PhaseClock()  # the trials' time, from the agents being ready
             self._show()

@@ -7,6 +7,7 @@ model's code). Quantized graphs are cached by precisions + settings.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -24,8 +25,10 @@ from spaces.errors import BuildError
 from spaces.layer_groups import FULL, LayerGroups
 from spaces.onnx_graph.graph_groups import GraphGroups
 from spaces.onnx_graph.mixed_precision import quantize_graph, runtime_disabled_optimizers
+from spaces.onnx_graph.model_file import has_dynamic_input
 from spaces.onnx_graph.quantize import fusion_report
 from spaces.quantization_space import UnsupportedPrecisionError, why_not_runnable
+from spaces.runtime_space import manifest_runtime
 from spaces.settings import BuildSettings
 
 GRAPH_FILE = "model.onnx"
@@ -130,7 +133,10 @@ class OnnxBuilder:
     def _check(self, candidate: Candidate) -> None:
         if candidate.prune_ratio or candidate.stage_prune_ratios or candidate.exit_thresholds:
             raise BuildError(f"{candidate.describe()}: an ONNX model is searched in "
-                             f"quantization only (no pruning, no exits)")
+                             f"quantization only, and runtime knobs (no pruning, no exits)")
+        if candidate.static_shape is False and not self.dynamic_input:
+            raise BuildError(f"{candidate.describe()}: {self.source.name}'s input is static; "
+                             f"there is no dynamic batch axis to keep")
         if len(candidate.quantization) != len(self.groups):
             raise BuildError(f"candidate has {len(candidate.quantization)} precisions for "
                              f"{len(self.groups)} layer groups {list(self.groups)}")
@@ -140,20 +146,48 @@ class OnnxBuilder:
                 raise BuildError(str(UnsupportedPrecisionError(group, precision,
                                                                self._operators[group], why)))
 
-    def quantized(self, quantization: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
+    @functools.cached_property
+    def dynamic_input(self) -> bool:
+        """Whether the graph's input has a symbolic dimension (a free batch axis) that the
+        runtime knob ``static_shape: true`` fixes (docs/RUNTIME.md)."""
+        return has_dynamic_input(self.graph)
+
+    def static_graph(self) -> Path:
+        """The graph with its input fixed to one sample's shape (batch 1), cached."""
+        import onnx
+        from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+        key = stable_key("onnx-static", self._model_key)
+        target = self.cache_dir / "graphs" / key / GRAPH_FILE
+        if target.is_file():
+            return target
+        model = onnx.load(str(self.graph))
+        make_input_shape_fixed(model.graph, self.input_name,
+                               [1, *self.data.sample_shape])
+        tmp = target.with_name(GRAPH_FILE + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(tmp))
+        tmp.rename(target)
+        return target
+
+    def quantized(self, quantization: tuple[str, ...], static_shape: bool = False
+                  ) -> tuple[Path, dict[str, Any]]:
         """The graph at these precisions and what the build found out (fusion counts, the
-        optimizers the runtime must disable), cached by model + precisions + settings."""
+        optimizers the runtime must disable), cached by model + precisions + settings (and
+        the fixed input shape, where the runtime knob asks for it)."""
         key = stable_key("onnx-graph", self._model_key, list(quantization),
-                         self.settings.quant.to_dict(), self.layer_groups.to_dict())
+                         self.settings.quant.to_dict(), self.layer_groups.to_dict(),
+                         *(["static_shape"] if static_shape else []))
         directory = self.cache_dir / "graphs" / key
         info_path = directory / "info.json"
         if info_path.is_file():
             return directory / GRAPH_FILE, json.loads(info_path.read_text())
+        source = self.static_graph() if static_shape else self.graph
         tmp = directory.with_name(key + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         target = tmp / GRAPH_FILE
-        quantize_graph(self.graph, target,
+        quantize_graph(source, target,
                        precisions=dict(zip(self.groups, quantization, strict=True)),
                        groups=self.layer_groups, kind=FULL, num_stages=1,
                        calibration=self._calibration, settings=self.settings.quant,
@@ -173,7 +207,9 @@ class OnnxBuilder:
         started = time.perf_counter()
         self._check(candidate)
         try:
-            path, fusion = self.quantized(candidate.quantization)
+            path, fusion = self.quantized(candidate.quantization,
+                                          static_shape=bool(candidate.static_shape)
+                                          and self.dynamic_input)
         except BuildError:
             raise
         except Exception as exc:  # onnx or onnxruntime failing on this candidate
@@ -192,6 +228,7 @@ class OnnxBuilder:
             exits=ExitPolicy(confidence=self.settings.confidence,
                              fallback=self.settings.exit_fallback),
             disabled_optimizers=tuple(fusion.get("disabled_optimizers", ())),
+            runtime_options=manifest_runtime(candidate),
             provenance={"candidate": candidate.to_dict(), "groups": list(self.groups),
                         "layer_groups": self.layer_groups.to_dict(),
                         "build": {"quantization": self.settings.quant.to_dict()},

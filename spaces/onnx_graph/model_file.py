@@ -35,3 +35,14 @@ def check_onnx_file(path: Path, field: str = "model.onnx") -> None:
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelError(f"{field}: {path}: not an ONNX model onnxruntime can load: "
                          f"{_first_line(exc)}") from exc
+
+
+def has_dynamic_input(path: Path) -> bool:
+    """Whether the graph's first input (not an initializer) has a symbolic dimension: what the
+    runtime knob ``static_shape`` fixes to batch 1 (docs/RUNTIME.md)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    first = next(i for i in graph.input if i.name not in weights)
+    return any(not d.HasField("dim_value") for d in first.type.tensor_type.shape.dim)

@@ -27,6 +27,7 @@ from spaces.onnx_graph.mixed_precision import quantize_graph, runtime_disabled_o
 from spaces.onnx_graph.quantize import fusion_report
 from spaces.pruning_space import normalize_stage_ratios
 from spaces.quantization_space import UnsupportedPrecisionError, why_not_runnable
+from spaces.runtime_space import manifest_runtime
 from spaces.settings import BuildSettings, FinetuneSettings
 from spaces.torch_model.baseline import TrainedModel
 from spaces.torch_model.export import INPUT_NAME, export_model
@@ -206,9 +207,10 @@ class TorchBuilder:
 
     # -- export + quantize --------------------------------------------------------------------
     def graphs(self, pruned: _Pruned, quantization: tuple[str, ...],
-               cascade: bool) -> tuple[list[Path], dict[str, Any]]:
+               cascade: bool, dynamic_batch: bool = False) -> tuple[list[Path], dict[str, Any]]:
         """The candidate's ONNX graphs and what the build found out (fusion counts, the
-        optimizers the runtime must disable), cached by pruning + precisions + settings."""
+        optimizers the runtime must disable), cached by pruning + precisions + settings (and
+        the dynamic batch axis, where the runtime knob asks for one)."""
         if len(quantization) != len(self.groups):
             raise BuildError(f"candidate has {len(quantization)} precisions for "
                              f"{len(self.groups)} layer groups {list(self.groups)}")
@@ -219,7 +221,8 @@ class TorchBuilder:
                 raise BuildError(str(UnsupportedPrecisionError(group, precision,
                                                                operators[group], why)))
         key = stable_key("graphs", pruned.key, list(quantization), cascade,
-                         self.settings.quant.to_dict(), self.layer_groups.to_dict())
+                         self.settings.quant.to_dict(), self.layer_groups.to_dict(),
+                         *(["dynamic_batch"] if dynamic_batch else []))
         directory = self.cache_dir / "graphs" / key
         info_path = directory / "info.json"
         if info_path.is_file():
@@ -227,7 +230,8 @@ class TorchBuilder:
             return [directory / name for name in info["files"]], info["fusion"]
         tmp = directory.with_name(key + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        float_paths = export_model(pruned.model, self.example, tmp / "fp32", cascade=cascade)
+        float_paths = export_model(pruned.model, self.example, tmp / "fp32", cascade=cascade,
+                                   dynamic_batch=dynamic_batch)
         stage_inputs = pruned.model.stage_inputs(torch.from_numpy(self._calibration))
         precisions = dict(zip(self.groups, quantization, strict=True))
         disabled = runtime_disabled_optimizers(quantization)
@@ -265,7 +269,8 @@ class TorchBuilder:
         try:
             pruned = self.pruned(candidate.prune_ratio, candidate.stage_prune_ratios,
                                  candidate.fidelity)
-            paths, fusion = self.graphs(pruned, candidate.quantization, candidate.early_exit)
+            paths, fusion = self.graphs(pruned, candidate.quantization, candidate.early_exit,
+                                        dynamic_batch=candidate.static_shape is False)
         except BuildError:
             raise
         except Exception as exc:  # torch-pruning, export or ORT failing on this candidate
@@ -286,6 +291,7 @@ class TorchBuilder:
             preprocessing=self.data.preprocessing,
             exits=self._exit_policy(candidate, temperatures),
             disabled_optimizers=tuple(fusion.get("disabled_optimizers", ())),
+            runtime_options=manifest_runtime(candidate),
             provenance={"candidate": candidate.to_dict(), "groups": list(self.groups),
                         "layer_groups": self.layer_groups.to_dict(),
                         "build": self.settings.to_dict(), "versions": self._versions,

@@ -47,18 +47,23 @@ class FullGraph(nn.Module):
         return self.head(x)
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> None:
+def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str],
+            dynamic_batch: bool = False) -> None:
     # The TorchScript exporter is deprecated but exports a small graph in ~0.15 s against ~2.5 s
     # for the dynamo exporter (measured here); candidates are exported by the dozen.
     # The exporter restores the wrapper's own training flag afterwards, recursively: a wrapper
     # left in training mode would put the shared stages (BatchNorm) of the model in training mode.
     module.eval()
+    # batch 1, static, by default; dynamic_batch names axis 0 of every input and output
+    # "batch" (the runtime knob static_shape: false, docs/RUNTIME.md)
+    axes = ({name: {0: "batch"} for name in [INPUT_NAME, *outputs]} if dynamic_batch
+            else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
                               input_names=[INPUT_NAME], output_names=outputs,
-                              do_constant_folding=True)
+                              do_constant_folding=True, dynamic_axes=axes)
         except TypeError:  # a torch without the legacy exporter
             torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME],
                               output_names=outputs, external_data=False)
@@ -66,13 +71,14 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[
 
 @torch.no_grad()
 def export_model(model: StagedModel, example: torch.Tensor, directory: Path, *,
-                 cascade: bool) -> list[Path]:
-    """Write ``stage<k>.onnx`` files for a cascade, or a single ``model.onnx``."""
+                 cascade: bool, dynamic_batch: bool = False) -> list[Path]:
+    """Write ``stage<k>.onnx`` files for a cascade, or a single ``model.onnx``; with
+    ``dynamic_batch``, axis 0 of every input and output is symbolic (else fixed to 1)."""
     model.eval()
     directory.mkdir(parents=True, exist_ok=True)
     if not cascade:
         path = directory / "model.onnx"
-        _export(FullGraph(model), example, path, ["logits"])
+        _export(FullGraph(model), example, path, ["logits"], dynamic_batch)
         return [path]
     paths = []
     x = example
@@ -80,7 +86,7 @@ def export_model(model: StagedModel, example: torch.Tensor, directory: Path, *,
     for k, (stage, head) in enumerate(zip(model.stages, model.heads, strict=True)):
         path = directory / f"stage{k}.onnx"
         _export(StageGraph(stage, head, k == last), x, path,
-                ["logits"] if k == last else ["features", "logits"])
+                ["logits"] if k == last else ["features", "logits"], dynamic_batch)
         paths.append(path)
         x = stage(x)
     return paths

@@ -72,3 +72,14 @@ def test_a_good_checkpoint_validates(write_config, tmp_path: Path) -> None:
     done = paretoedge("validate", str(_write(tmp_path, {"factory": "plain.py:build",
                                                         "checkpoint": "ck.pt"})), cwd=tmp_path)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+def test_runtime_knobs_the_local_agents_cannot_give(write_config, tmp_path: Path) -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    path = write_config(runtime={"threads": [1, cores + 1]})
+    for command in ("validate", "run"):  # refused before anything is trained
+        assert_one_line_error(paretoedge(command, str(path), cwd=tmp_path), 2,
+                              "runtime.threads", f"{cores + 1} intra-op threads")
+    assert not (tmp_path / "runs" / "cache" / "baseline").exists()

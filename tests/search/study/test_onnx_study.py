@@ -219,3 +219,55 @@ def test_a_quantization_study_of_an_onnx_file_runs_without_torch(tmp_path, digit
                               "--maximize", "accuracy", "--format", "json")
     assert best.returncode == 0, best.stderr
     assert np.isfinite(baseline.metrics["latency_p95_ms"])
+
+
+@pytest.mark.slow  # trains the digits CNN once (digits_onnx); a real agent measures
+def test_runtime_knobs_are_searched_built_and_measured_as_written(tmp_path, digits_onnx) -> None:
+    """docs/RUNTIME.md end to end, without Ray: the knobs are params, the builder writes them
+    (a fixed input for static_shape: true), the agent measures each bundle as its manifest
+    says, and the metrics carry them."""
+    import onnx
+
+    from device_agents import LocalDeviceAgent, read_manifest
+
+    runtime = {"graph_optimization": ["all", "basic"], "static_shape": [False, True]}
+    config = load_config(onnx_config(tmp_path, digits_onnx, runtime=runtime))
+    agent = LocalDeviceAgent(device_class="local", cache_dir=tmp_path / "agent")
+    runner = StudyRunner(config, Workspace(tmp_path / "runs", config.study),
+                         dispatcher_factory=lambda c, w: InlineDispatcher(agent),
+                         tracker=NullTracker())
+    try:
+        records = runner.run(RunOptions(trials=6, confirm=False)).records
+    finally:
+        agent.close()
+    assert all(r.complete for r in records)
+    baseline = records[0]
+    assert baseline.params["runtime_graph_optimization"] == "all"
+    assert baseline.candidate["static_shape"] is False  # each list's first value
+    assert {r.candidate.get("graph_optimization", "all") for r in records} == {"all", "basic"}
+    assert {r.candidate["static_shape"] for r in records} == {False, True}
+    for r in records:
+        directory = r.bundle_path(tmp_path / "runs")
+        manifest = read_manifest(directory)
+        level = r.candidate.get("graph_optimization", "all")
+        assert manifest.runtime_options.graph_optimization == level
+        assert r.metrics["graph_optimization_level"] == (4.0 if level == "all" else 1.0)
+        dims = onnx.load(str(directory / "model.onnx")).graph.input[0].type.tensor_type
+        fixed = all(d.HasField("dim_value") for d in dims.shape.dim)
+        assert fixed == r.candidate["static_shape"] and r.metrics["static_shape"] == fixed
+        assert CascadeRunner.load(directory).num_stages == 1
+    # an ONNX file whose input is already static has no dynamic axis to keep
+    static = tmp_path / "static.onnx"
+    model = onnx.load(str(digits_onnx))
+    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+    make_input_shape_fixed(model.graph, model.graph.input[0].name, [1, 1, 8, 8])
+    onnx.save(model, str(static))
+    static_config = load_config(onnx_config(tmp_path, static, study="static", runtime=runtime))
+    with pytest.raises(ConfigError, match=r"^runtime\.static_shape: .*static\.onnx's input is "
+                                          r"static"):
+        prepare(static_config, tmp_path / "cache")
+    from search.study.checks import source_problems  # what paretoedge validate reports
+
+    assert [p.split(":")[0] for p in source_problems(static_config)] == ["runtime.static_shape"]
+    assert source_problems(load_config(onnx_config(tmp_path, digits_onnx, runtime=runtime))) == []

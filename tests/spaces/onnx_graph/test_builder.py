@@ -83,3 +83,35 @@ def test_candidates_with_pruning_or_exits_or_the_wrong_groups_are_refused(builde
     with pytest.raises(BuildError, match="cannot run int4_wo"):
         builder.build(Candidate(quantization=("int4_wo", "fp32", "fp32", "fp32")),
                       tmp_path / "w")
+
+
+def test_static_shape_fixes_a_free_batch_axis_and_false_keeps_it(builder, tmp_path) -> None:
+    """The runtime knob static_shape (docs/RUNTIME.md) on a graph whose batch is free; the
+    runtime knobs of the candidate land in the manifest's runtime section."""
+    assert builder.dynamic_input
+    fixed = builder.build(Candidate(quantization=("fp32",) * 4, static_shape=True,
+                                    graph_optimization="basic"), tmp_path / "static")
+    kept = builder.build(Candidate(quantization=("fp32",) * 4, static_shape=False),
+                         tmp_path / "dynamic")
+    dims = [d.dim_value for d in onnx.load(str(fixed.directory / "model.onnx"))
+            .graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1, 8, 8]
+    assert (kept.directory / "model.onnx").read_bytes() == builder.graph.read_bytes()
+    manifest = verify_bundle(fixed.directory, fixed.digest)
+    assert manifest.runtime_options.graph_optimization == "basic"
+    assert manifest.provenance["candidate"]["static_shape"] is True
+    x = builder.data.test_x[:4]
+    a, b = CascadeRunner.load(fixed.directory), CascadeRunner.load(kept.directory)
+    for sample in x:
+        np.testing.assert_allclose(a.run(sample)[0], b.run(sample)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_static_shape_false_on_a_static_graph_is_refused(tmp_path, graphs, save_graph) -> None:
+    path = save_graph(graphs.plain_cnn(input_shape=(1, 1, 8, 8)), "static.onnx")
+    builder = prepare_onnx_builder(OnnxModelSpec(path), graphs.random_digits(),
+                                   BuildSettings(quant=QuantSettings(calibration_samples=8)),
+                                   tmp_path / "cache")
+    assert not builder.dynamic_input
+    with pytest.raises(BuildError, match=r"static\.onnx's input is static"):
+        builder.build(Candidate(quantization=("fp32",) * len(builder.groups),
+                                static_shape=False), tmp_path / "dynamic")

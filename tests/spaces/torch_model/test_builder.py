@@ -202,3 +202,26 @@ def test_wrong_number_of_precisions(builder: TorchBuilder, tmp_path: Path) -> No
 def test_bad_prune_ratio_is_a_build_error(builder: TorchBuilder, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="outside"):
         builder.build(Candidate(quantization=FP32, prune_ratio=1.0), tmp_path / "bad")
+
+
+def test_runtime_knobs_reach_the_manifest_and_the_export(builder: TorchBuilder, fp32_bundle,
+                                                         tmp_path: Path,
+                                                         digits: DataSplits) -> None:
+    """docs/RUNTIME.md: the level and the threads in the manifest's runtime section, a dynamic
+    batch axis in the graph; a candidate without knobs has no runtime section at all."""
+    import json
+
+    import onnx
+
+    assert "runtime" not in json.loads((fp32_bundle.directory / "manifest.json").read_text())
+    built = builder.build(Candidate(quantization=FP32, graph_optimization="basic",
+                                    intra_op_threads=1, static_shape=False),
+                          tmp_path / "knobs")
+    manifest = verify_bundle(built.directory, built.digest)
+    assert manifest.runtime_options.graph_optimization == "basic"
+    assert manifest.runtime_options.intra_op_threads == 1
+    graph = onnx.load(str(built.directory / "model.onnx")).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    _, knobs = _run_bundle(built.directory, digits, 20)
+    _, plain = _run_bundle(fp32_bundle.directory, digits, 20)
+    assert [p.label for p in knobs] == [p.label for p in plain]

@@ -105,3 +105,22 @@ def test_export_leaves_the_model_in_eval_mode(model: StagedModel, example: torch
             torch.testing.assert_close(a, b)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, state[name], rtol=0, atol=0)
+
+
+def test_a_dynamic_batch_axis_is_exported_only_when_asked(model: StagedModel,
+                                                          example: torch.Tensor,
+                                                          tmp_path: Path, digits) -> None:
+    """The runtime knob static_shape: false (docs/RUNTIME.md); batch 1, static, otherwise."""
+    static = export_model(model, example, tmp_path / "static", cascade=False)[0]
+    dynamic = export_model(model, example, tmp_path / "dynamic", cascade=False,
+                           dynamic_batch=True)[0]
+
+    def batch_dim(path: Path):
+        return onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+
+    assert batch_dim(static).dim_value == 1 and not batch_dim(static).dim_param
+    assert batch_dim(dynamic).dim_param == "batch"
+    samples = _samples(digits, 3)
+    single = [_session(static).run(None, {INPUT_NAME: s})[0] for s in samples]
+    batched = _session(dynamic).run(None, {INPUT_NAME: np.concatenate(samples)})[0]
+    np.testing.assert_allclose(batched, np.concatenate(single), rtol=1e-4, atol=1e-5)
