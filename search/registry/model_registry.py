@@ -216,8 +216,11 @@ class ModelRegistry:
             raise RegistryError(f"{name}@{alias}: model {name!r} has no alias {alias!r}")
         if to is not None:
             self.resolve(ModelRef(name=name, version=str(int(to)) if to.isdigit() else to))
-        target, history = self._history(name, alias).back_to(
-            str(int(to)) if to is not None and to.isdigit() else to)
+        try:
+            target, history = self._history(name, alias).back_to(
+                str(int(to)) if to is not None and to.isdigit() else to)
+        except RegistryError as exc:
+            raise RegistryError(f"{name}@{alias}: {exc}") from exc
         self.client.set_registered_model_alias(name, alias, target)
         self.client.set_registered_model_tag(name, history_tag(alias), history.to_tag())
         return current, target
