@@ -98,10 +98,13 @@ class TelemetryWriter:
         return self.path.with_name(self.path.name + ".1")
 
     def start(self, header: TelemetryHeader) -> None:
-        """Open a new file (replacing an old one at ``path``) and write the header line."""
+        """Open a new file and write the header line; a non-empty file already at ``path``
+        (a device that restarted) is kept as ``<path>.1`` first, like a rotation."""
         self.close()
         self._header_line = _line(header.to_dict())
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            os.replace(self.path, self.rotated_path)
         self._open_new()
 
     def inference(self, record: InferenceRecord) -> None:
@@ -130,7 +133,8 @@ class TelemetryWriter:
 
     def _write(self, line: bytes, *, flush: bool) -> None:
         if self._handle is None:
-            raise TelemetryError(f"{self.path}: telemetry written before start()")
+            raise TelemetryError(f"{self.path}: telemetry written before start() or after "
+                                 f"close()")
         if self._size + len(line) > self.max_bytes:
             self._handle.close()
             os.replace(self.path, self.rotated_path)

@@ -20,7 +20,13 @@ import numpy as np
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from device_agents import MonitorEvent, MonitorReference, TelemetryFile, WindowSummary
+    from device_agents import (
+        InferenceRecord,
+        MonitorEvent,
+        MonitorReference,
+        TelemetryFile,
+        WindowSummary,
+    )
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,13 @@ def _recomputed(telemetry: TelemetryFile, reference: MonitorReference
     if len(reference.exit_rates) != header.num_exits:
         return None
     size = header.settings.window
-    records = telemetry.inferences
+    groups: dict[int, list[InferenceRecord]] = {}
+    for record in telemetry.inferences:  # the device's window k holds n in [k*size, (k+1)*size)
+        groups.setdefault(record.n // size, []).append(record)
     windows, events = [], []
-    for start in range(0, len(records), size):
-        chunk = records[start:start + size]
-        summary = summarise_window(chunk, window=chunk[0].n // size,
-                                   num_exits=header.num_exits, reference=reference,
-                                   epsilon=header.settings.psi_epsilon,
+    for index, chunk in sorted(groups.items()):
+        summary = summarise_window(chunk, window=index, num_exits=header.num_exits,
+                                   reference=reference, epsilon=header.settings.psi_epsilon,
                                    partial=len(chunk) < size)
         windows.append(summary)
         if not summary.partial:

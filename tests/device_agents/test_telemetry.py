@@ -133,3 +133,28 @@ def test_a_last_line_still_being_written_is_skipped(tmp_path: Path) -> None:
 def test_bounds_below_a_header_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TelemetryError, match="max_bytes must be >= 4096"):
         TelemetryWriter(tmp_path / "t.jsonl", max_bytes=100)
+
+
+def test_a_restart_keeps_the_previous_file_as_dot_1(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    first = TelemetryWriter(path)
+    first.start(HEADER)
+    first.window(WINDOW)
+    first.close()
+
+    second = TelemetryWriter(path)
+    second.start(HEADER)
+    second.event(EVENT)
+    second.close()
+
+    assert read_telemetry(path).events == (EVENT,) and read_telemetry(path).windows == ()
+    assert read_telemetry(second.rotated_path).windows == (WINDOW,)
+
+
+def test_writing_after_close_is_a_telemetry_error(tmp_path: Path) -> None:
+    writer = TelemetryWriter(tmp_path / "t.jsonl")
+    writer.start(HEADER)
+    writer.close()
+
+    with pytest.raises(TelemetryError, match="after close"):
+        writer.window(WINDOW)
