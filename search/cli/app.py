@@ -270,11 +270,13 @@ def ui(workdir: WorkdirOption = Path("runs"),
        port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).", min=0,
                                          max=65535)] = 5000) -> None:
     """Start the MLflow UI for the workdir's studies on 127.0.0.1 (Ctrl-C stops it)."""
-    from search.cli.ui_command import serve_until_stopped, start_ui
+    from search.cli.ui_command import experiment_links, serve_until_stopped, start_ui
 
     server = start_ui(workdir, port=port)
     console.print(f"MLflow UI: {server.url}  (store {workdir.resolve() / 'mlflow.db'}; "
                   f"Ctrl-C stops it)", markup=False, highlight=False)
+    for name, link in experiment_links(workdir, server.url):
+        console.print(f"{name}: {link}", markup=False, highlight=False, soft_wrap=True)
     for journal in sorted(workdir.resolve().glob("*/journal.log")):
         console.print(f"Optuna dashboard of {journal.parent.name}: optuna-dashboard {journal}",
                       markup=False, highlight=False)

@@ -108,6 +108,25 @@ def start_ui(workdir: Path, *, host: str = "127.0.0.1", port: int = 5000,
                       f"{ready_timeout_s:.0f} s (see {log_path})")
 
 
+#: MLflow 3.17's UI decides the page an experiment opens on by its global workflow toggle
+#: (``GenAI`` by default: the traces overview) before the experiment's
+#: ``mlflow.experimentKind`` tag; this query parameter selects the runs table
+ML_WORKFLOW = "workflowType=machine_learning"
+
+
+def experiment_links(workdir: Path, url: str) -> list[tuple[str, str]]:
+    """``(experiment name, link)`` for each paretoedge experiment of the workdir's store, the
+    link opening the experiment on its runs table (see :data:`ML_WORKFLOW`)."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    client = MlflowClient(tracking_uri=tracking_uri(workdir))
+    return [(e.name, f"{url}/#/experiments/{e.experiment_id}?{ML_WORKFLOW}")
+            for e in client.search_experiments() if e.name.startswith("paretoedge/")]
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 

@@ -210,14 +210,24 @@ class ModelRegistry:
 
     def rollback(self, name: str, alias: str, to: str | None = None) -> tuple[str, str]:
         """Move ``alias`` back to its previous holder (or to version ``to``); return (from,
-        to). The holders after the one chosen leave the history."""
+        to). The holders after the one chosen leave the history; a ``to`` that never held the
+        alias is a move forward (the holder it leaves joins the history, as with
+        :meth:`point`)."""
         current = self.aliases(name).get(alias)
         if current is None:
             raise RegistryError(f"{name}@{alias}: model {name!r} has no alias {alias!r}")
         if to is not None:
             self.resolve(ModelRef(name=name, version=str(int(to)) if to.isdigit() else to))
-        target, history = self._history(name, alias).back_to(
-            str(int(to)) if to is not None and to.isdigit() else to)
+        wanted = str(int(to)) if to is not None and to.isdigit() else to
+        history = self._history(name, alias)
+        if wanted is not None and wanted not in history.versions:
+            # a version that never held the alias: a move forward, the holder joins the history
+            target, history = wanted, history.moved(from_version=current)
+        else:
+            try:
+                target, history = history.back_to(wanted)
+            except RegistryError as exc:
+                raise RegistryError(f"{name}@{alias}: {exc}") from exc
         self.client.set_registered_model_alias(name, alias, target)
         self.client.set_registered_model_tag(name, history_tag(alias), history.to_tag())
         return current, target

@@ -95,10 +95,35 @@ def store_study(workdir: Path, name: str = "lin", trials: dict[int, Any] | None 
     return workdir
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, its tables created once (MLflow's migrations take
+    seconds): each test copies it into its workdir."""
+    from search.registry.model_registry import ModelRegistry
+
+    workdir = tmp_path_factory.mktemp("empty-store")
+    ModelRegistry.open(workdir=workdir).client.search_experiments()
+    return workdir / "mlflow.db"
+
+
 @pytest.fixture
-def lin_study(tmp_path: Path) -> Path:
-    """A stored study ``lin`` in ``tmp_path / 'runs'``; returns the workdir."""
-    return store_study(tmp_path / "runs")
+def store_copy(empty_store: Path):
+    """``store_copy(workdir)``: an empty ``mlflow.db`` in ``workdir``; returns the workdir."""
+    import shutil
+
+    def copy(workdir: Path) -> Path:
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty_store, workdir / "mlflow.db")
+        return workdir
+
+    return copy
+
+
+@pytest.fixture
+def lin_study(tmp_path: Path, store_copy) -> Path:
+    """A stored study ``lin`` in ``tmp_path / 'runs'`` (with an empty MLflow store); returns
+    the workdir."""
+    return store_study(store_copy(tmp_path / "runs"))
 
 
 def paretoedge(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -16,8 +16,8 @@ from search.registry.model_registry import SHA256_TAG, ModelRegistry
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> ModelRegistry:
-    return ModelRegistry.open(workdir=tmp_path / "runs")
+def registry(tmp_path: Path, store_copy) -> ModelRegistry:
+    return ModelRegistry.open(workdir=store_copy(tmp_path / "runs"))
 
 
 @pytest.fixture
@@ -47,9 +47,12 @@ def test_versions_aliases_and_rollback(registry: ModelRegistry, tmp_path: Path,
     assert json.loads(tags["paretoedge.alias_history.production"]) == ["1"]
     assert registry.rollback("lin", "production") == ("2", "1")
     assert registry.aliases("lin") == {"production": "1"}
-    with pytest.raises(RegistryError, match="no previous holder"):
+    with pytest.raises(RegistryError, match="lin@production: the alias has no previous holder"):
         registry.rollback("lin", "production")
     assert registry.rollback("lin", "production", to="2") == ("1", "2")
+    # 2 no longer was in the history: moving to it keeps 1 as the holder to go back to
+    assert json.loads(registry.model("lin").tags["paretoedge.alias_history.production"]) == ["1"]
+    assert registry.rollback("lin", "production") == ("2", "1")
     with pytest.raises(RegistryError, match="no version 9"):
         registry.rollback("lin", "production", to="9")
 

@@ -63,6 +63,9 @@ def test_unknown_names_aliases_and_versions(deployed: Path, tmp_path: Path) -> N
     assert_error(("compare", "lin@production", "lin@9", "--device", "local", *runs), 2,
                  "no version 9")
     assert not (tmp_path / "a").exists()
+    assert run("rollback", "lin", *runs)[0] == 0  # to version 1, the first holder
+    assert_error(("rollback", "lin", *runs), 2, "lin@production", "no previous holder",
+                 "--to VERSION")
 
 
 def test_a_tampered_bundle_is_refused_on_pull(deployed: Path, tmp_path: Path) -> None:

@@ -16,12 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def server(tmp_path: Path):
+def server(tmp_path: Path, store_copy):
     from search.cli.ui_command import start_ui
-    from search.registry.model_registry import ModelRegistry
 
-    store = tmp_path / "server"
-    ModelRegistry.open(workdir=store).client.search_experiments()  # creates store/mlflow.db
+    store = store_copy(tmp_path / "server")
     running = start_ui(store, port=0)
     yield running, store
     running.stop()
@@ -41,7 +39,10 @@ def test_deploy_list_pull_and_rollback_through_a_server(server, lin_study: Path,
     for goal in (("--maximize", "accuracy"), ("--minimize", "latency_p95_ms")):
         code, stdout, stderr = run("deploy", "lin", "--name", "lin", *goal, *uri)
         assert code == 0, stdout + stderr
-    assert not (lin_study / "mlflow.db").exists()  # nothing went to the workdir's store
+    from search.registry.model_registry import ModelRegistry
+
+    local = ModelRegistry.open(workdir=lin_study).client
+    assert local.search_registered_models() == []  # nothing went to the workdir's store
     # the artifacts went through the server's proxy into its --artifacts-destination
     assert len(list((store / "mlartifacts").rglob("manifest.json"))) == 2
     code, stdout, _ = run("deployments", "lin", "--format", "json", *uri)

@@ -1,0 +1,86 @@
+"""Issue 16's done-when on a tiny study, through the CLI as a new user runs it: the study's
+best bundle deployed, pulled, replayed with a monitor over the test split and over noisy
+inputs (drift and events in ``paretoedge monitor``), a worse second version compared and
+refused by ``--canary``, and the alias rolled back. Real Ray agents, real MLflow on sqlite,
+real onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.e2e]
+
+
+def paretoedge(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+    return done
+
+
+def ok(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_deploy_pull_watch_refuse_and_roll_back(tmp_path: Path, tiny_project) -> None:
+    config = tiny_project(tmp_path, "deploy")
+    # the worse newcomer: the same data and model, trained one epoch at a tiny learning rate
+    weak = tiny_project(tmp_path, "weak", "weak.yaml",
+                        model={"factory": "tiny_model.py:build_model",
+                               "train": {"epochs": 1, "lr": 1e-4}})
+    ok(paretoedge("run", config, "--trials", 3, "--no-confirm", cwd=tmp_path))
+    ok(paretoedge("run", weak, "--trials", 1, "--no-confirm", cwd=tmp_path))
+
+    # deploy the best bundle, with an abstaining fallback, and pull it onto "the device"
+    out = ok(paretoedge("deploy", "deploy", "--name", "tiny", "--where", "latency_p95_ms < 1000",
+                        "--maximize", "accuracy", "--fallback-below", 0.5,
+                        "--fallback-action", "abstain", cwd=tmp_path))
+    assert "tiny@production -> version 1" in out
+    out = ok(paretoedge("pull", "tiny@production", "device", cwd=tmp_path))
+    assert "every file's sha256 verified" in out
+
+    # watch it: the held-out test split, then the same inputs with noise
+    ok(paretoedge("replay", "device", "--config", config, "--telemetry", "calm.jsonl",
+                  "--window", 100, cwd=tmp_path))
+    ok(paretoedge("replay", "device", "--config", config, "--telemetry", "noisy.jsonl",
+                  "--window", 100, "--shift", "noise:0.5", cwd=tmp_path))
+    out = ok(paretoedge("monitor", "calm.jsonl", "noisy.jsonl", "--against", "tiny@production",
+                        "--html", "monitor.html", cwd=tmp_path))
+    assert "against: tiny@production" in out and "confidence_drift" in out
+    from device_agents import read_telemetry
+
+    noisy = read_telemetry(tmp_path / "noisy.jsonl")
+    assert "confidence_drift" in {e.kind for e in noisy.events}, noisy.events
+    assert noisy.header is not None and noisy.header.reference is not None
+    assert (tmp_path / "monitor.html").stat().st_size > 0
+
+    # a worse second version: compared on the device, refused by --canary, the alias stays
+    refused = paretoedge("deploy", "weak", "--name", "tiny", "--maximize", "accuracy",
+                         "--canary", cwd=tmp_path)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "error: tiny@production stays at version 1: version 2 is registered but refused: "
+        "test accuracy")
+    out = ok(paretoedge("compare", "tiny@production", "tiny@2", "--device", "local",
+                        cwd=tmp_path))
+    assert "refused: tiny@2 (version 2) against tiny@production (version 1)" in out
+
+    # a third version takes the alias; rolling back gives it to version 1 again
+    out = ok(paretoedge("deploy", "deploy", "--name", "tiny", "--minimize", "size_kb",
+                        cwd=tmp_path))
+    assert "tiny@production -> version 3 (was version 1)" in out
+    out = ok(paretoedge("rollback", "tiny", cwd=tmp_path))
+    assert "tiny@production -> version 1 (was version 3)" in out
+    listed = json.loads(ok(paretoedge("deployments", "tiny", "--format", "json",
+                                      cwd=tmp_path)))
+    assert listed["aliases"] == {"production": "1"}
+    assert [(v["study"], v["version"]) for v in listed["versions"]] == [
+        ("deploy", "1"), ("weak", "2"), ("deploy", "3")]
