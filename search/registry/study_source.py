@@ -48,16 +48,12 @@ class StoredStudy:
     def config(self) -> StudyConfig:
         """The config the study ran with (kept in its user attrs), with the objectives it
         stored."""
-        from search.config import StudyConfig
-        from search.objective_set import ObjectiveSet
+        from search.study.confirmation import stored_config
 
         if "config" not in self.attrs or "config_dir" not in self.attrs:
             raise ConfigError(f"study {self.workspace.study!r} keeps no config (run it once with "
                               f"this version of paretoedge)")
-        objectives = ObjectiveSet.of_study(self.attrs)
-        return StudyConfig.model_validate({**self.attrs["config"],
-                                           "base_dir": self.attrs["config_dir"],
-                                           "objectives": objectives.to_attr()})
+        return stored_config(self.attrs)
 
     def best(self, query: StudyQuery) -> TrialRecord:
         """The trial ``paretoedge best`` answers for ``query``."""

@@ -173,14 +173,18 @@ def stored_study(workspace: Workspace, doing: str
 
 def stored_config(attrs: Mapping[str, Any]) -> StudyConfig:
     """The config a study was run with, from its user attrs, under the objectives it was
-    searched with. The stored dump holds every field, ``model.train``'s defaults too, which a
-    model given trained (a checkpoint, an ONNX file) must not name: they are dropped."""
+    searched with. The stored dump holds every field, defaults too, which a model given
+    trained must not name: ``model.train`` beside a checkpoint or an ONNX file, ``pruning``
+    and ``early_exit`` beside an ONNX file; they are dropped."""
     from search.config import StudyConfig
 
     stored = dict(attrs["config"])
     model = dict(stored.get("model") or {})
     if model.get("checkpoint") is not None or model.get("onnx") is not None:
         model.pop("train", None)
+    if model.get("onnx") is not None:
+        stored.pop("pruning", None)
+        stored.pop("early_exit", None)
     objectives = ObjectiveSet.of_study(attrs)
     return StudyConfig.model_validate({**stored, "model": model, "base_dir": attrs["config_dir"],
                                        "objectives": objectives.to_attr()})

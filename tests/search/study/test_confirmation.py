@@ -105,3 +105,20 @@ def test_confirmed_speedups_are_the_median_of_per_round_ratios() -> None:
     assert metrics[7]["confirmed_speedup_p50"] == pytest.approx(2.0)
     assert metrics[0]["confirmed_speedup_p95"] == pytest.approx(1.0)
     assert metrics[7]["confirmed_latency_p95_ms"] == 0.5
+
+
+def test_a_stored_onnx_study_reads_back_without_the_knobs_it_refuses(tmp_path) -> None:
+    """An ONNX model searches quantization only: the stored defaults of model.train, pruning
+    and early_exit are dropped when the config is read back (confirm, profile, deploy)."""
+    from search.config import parse_config
+    from search.study.confirmation import stored_config
+
+    raw = {"study": "graph", "model": {"onnx": "model.onnx"},
+           "data": {"loader": "data.py:load_data"}}
+    config = parse_config(raw, "config.yaml", tmp_path)
+    attrs = {"config": config.model_dump(mode="json", by_alias=True),
+             "config_dir": str(tmp_path)}
+    assert {"pruning", "early_exit"} <= set(attrs["config"])
+    again = stored_config(attrs)
+    assert again.model.onnx == "model.onnx" and again.model.factory is None
+
