@@ -390,6 +390,9 @@ class SearchConfig(_Strict):
                                                   "(90s, 30m, 8h); --timeout overrides it")
     patience: int | None = Field(None, ge=1, description="stop when the hypervolume has not "
                                                          "improved for this many trials")
+    storage: str = Field("journal", description="where the trials are stored: 'journal' (the "
+                         "workdir's Optuna journal, one driver) or postgresql://user@host:port/"
+                         "database (several drivers share the study; docs/SCALING.md)")
 
     @field_validator("timeout")
     @classmethod
@@ -400,6 +403,13 @@ class SearchConfig(_Strict):
             except ConfigError as exc:
                 raise ValueError(str(exc).removeprefix("timeout: ")) from None
         return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        from search.storage import check_storage
+
+        return check_storage(value)
 
 
 class TrackingConfig(_Strict):

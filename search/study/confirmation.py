@@ -161,7 +161,7 @@ def confirm_stored_study(workspace: Workspace, *, rounds: int | None = None,
     from search.records import records_of
     from search.study.preparation import load_data
     from search.study_lock import StudyLock
-    from search.workspace import open_storage
+    from search.workspace import study_storage
 
     workspace.require()
     driver = StudyLock(workspace).running_driver()
@@ -169,7 +169,7 @@ def confirm_stored_study(workspace: Workspace, *, rounds: int | None = None,
         raise SearchError(f"study {workspace.study!r} is running (driver pid {driver}); it "
                           f"confirms its front itself when it ends")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=workspace.study, storage=open_storage(workspace.journal))
+    study = optuna.load_study(study_name=workspace.study, storage=study_storage(workspace).optuna())
     attrs = study.user_attrs
     if "config" not in attrs or "config_dir" not in attrs:
         raise ConfigError(f"study {workspace.study!r} keeps no config to confirm it with (run "
