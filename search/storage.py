@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from search.errors import SearchError
+from search.errors import ConfigError, SearchError
 
 JOURNAL = "journal"
 #: The URL schemes of ``search.storage`` besides ``journal`` (psycopg 3 is the driver).
@@ -138,8 +138,9 @@ class StudyStorage:
             # pre-ping: a connection the server dropped overnight is replaced, not an error
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except Exception as exc:
-            raise SearchError(f"search.storage: cannot open {without_password(self.url)}: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"search.storage: cannot open {without_password(self.url)}: "
+                              f"{first}") from exc
 
     def remember(self) -> None:
         """Write ``storage.json`` so that the workdir's commands find the study's trials."""
@@ -174,9 +175,9 @@ class StudyStorage:
             try:
                 self._lock_connection = psycopg.connect(conninfo, autocommit=True)
             except psycopg.Error as exc:
-                raise SearchError(f"search.storage: cannot connect to "
-                                  f"{without_password(self.url)}: "
-                                  f"{str(exc).strip().splitlines()[0]}") from exc
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ConfigError(f"search.storage: cannot connect to "
+                                  f"{without_password(self.url)}: {first}") from exc
         return self._lock_connection
 
     def close(self) -> None:

@@ -168,3 +168,22 @@ def test_the_storage_defaults_to_the_journal_and_a_password_is_never_written(tmp
     assert "secret" not in (tmp_path / "s" / "storage.json").read_text()
     assert StudyStorage.stored("s", tmp_path / "s").url == without_password(url)
     assert not StudyStorage.stored("t", tmp_path / "t").shared
+
+
+@pytest.mark.parametrize("storage", ["mysql://me@db/studies", "unreachable"])
+def test_paretoedge_run_says_what_is_wrong_with_the_storage_in_one_line_exit_2(
+        storage: str, write_config, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from search.cli.app import app
+    from tests.postgres_server import free_port
+
+    if storage == "unreachable":  # a valid URL where no server listens
+        storage = f"postgresql://me@127.0.0.1:{free_port()}/studies"
+    path = write_config(search={"storage": storage}, tracking={"mlflow": False})
+    result = CliRunner().invoke(app, ["run", str(path), "--workdir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "search.storage: " in errors[0], result.output
+    assert not (tmp_path / "runs" / "cache").exists() or not any(
+        (tmp_path / "runs" / "cache").iterdir())  # nothing was trained
