@@ -109,6 +109,17 @@ class DeviceConfig(_Strict):
     overlap_builds: bool = Field(False, description="on a local cluster, build the next "
                                  "candidate while an agent measures (faster, but the build on "
                                  "the next core inflates the latency; logged per trial)")
+    builds: Literal["local", "cluster"] = Field(
+        "local", description="local: the driver builds, one candidate at a time; cluster: Ray "
+        "tasks on the nodes of the cluster at device.address that carry the resource "
+        "'builder' (paretoedge builder start; docs/SCALING.md)")
+
+    @model_validator(mode="after")
+    def _cluster_builds(self) -> DeviceConfig:
+        if self.builds == "cluster" and self.address is None:
+            raise ValueError("builds: cluster needs device.address (the Ray cluster whose "
+                             "builder nodes build)")
+        return self
 
     @property
     def builds_overlap(self) -> bool:

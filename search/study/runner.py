@@ -26,6 +26,7 @@ from device_agents import EvalSetPayload, Measurement, MeasurementProtocol, Meas
 from device_agents.bundle import BundlePayload
 from search.config import StudyConfig
 from search.errors import ConfigError, SearchError
+from search.fleet.build_pool import BuildDone, BuildPool
 from search.fleet.dispatch import Completed, Dispatcher
 from search.fleet.measurable import check_measurable
 from search.fleet.study_pool import default_dispatcher
@@ -144,7 +145,9 @@ class StudyRunner:
                  dispatcher_factory: Callable[[StudyConfig, Workspace], Dispatcher] | None = None,
                  tracker: Tracker | None = None, console: Console | None = None,
                  live: bool | None = None,
-                 preparer: Callable[[StudyConfig, Path], Prepared] | None = None) -> None:
+                 preparer: Callable[[StudyConfig, Path], Prepared] | None = None,
+                 build_pool_factory: Callable[[StudyConfig, Workspace, Prepared], BuildPool]
+                 | None = None) -> None:
         self.config = config
         self.workspace = workspace
         self.dispatcher_factory = dispatcher_factory or default_dispatcher
@@ -153,6 +156,14 @@ class StudyRunner:
         #: the journal, or a database several drivers share (``search.storage``)
         self.storage = workspace.storage(config.search.storage)
         self._lock = StudyLock(workspace, shared=self.storage.shared)
+        #: builds elsewhere (builder nodes); None: the driver builds, one at a time
+        if build_pool_factory is None and config.device.builds == "cluster":
+            from search.study.cluster_builds import cluster_build_pool
+
+            build_pool_factory = cluster_build_pool
+        self.build_pool_factory = build_pool_factory
+        self._builds: BuildPool | None = None
+        self._building: dict[int, _Pending] = {}
         self.console = console or Console()
         self.objectives = study_objectives(config)
         self.monitor = StudyMonitor(config, workspace, self.console, tracker=tracker, live=live)
@@ -400,7 +411,8 @@ class StudyRunner:
         if self._stop.requested and not note:
             note = (f"stopping: waiting for {len(self._pending)} trial(s) in flight; Ctrl-C "
                     f"again to abort them" if self._pending else "stopping")
-        self.monitor.show(self.records(), len(self._pending) + len(self._ready), note)
+        self.monitor.show(self.records(),
+                          len(self._pending) + len(self._ready) + len(self._building), note)
 
     def records(self) -> list[TrialRecord]:
         return self._log.records()
@@ -414,7 +426,7 @@ class StudyRunner:
         driver's, as the storage last read says."""
         if self.storage.shared:
             return sum(r.state == "RUNNING" for r in self.records())
-        return len(self._pending) + len(self._ready)
+        return len(self._pending) + len(self._ready) + len(self._building)
 
     def _reload(self) -> None:
         """Read every driver's trials from the shared storage (a no-op on the journal)."""
@@ -467,6 +479,9 @@ class StudyRunner:
             self._refresh("starting the agents")
             with sigint_ignored():  # Ctrl-C must reach the driver only (search.study.interrupts)
                 dispatcher = self.dispatcher_factory(self.config, self.workspace)
+                if self.build_pool_factory is not None:
+                    self._builds = self.build_pool_factory(self.config, self.workspace,
+                                                           prepared)
             lock.remember_children()
             self.monitor.clock.agents_ready(self._finished())
             self.clock = PhaseClock()  # the trials' time, from the agents being ready
@@ -488,12 +503,15 @@ class StudyRunner:
                 stop_reason = INTERRUPTED_BY_USER
                 with contextlib.suppress(Exception):  # keep what finished just before
                     self._collect(dispatcher, timeout=0.0)
-                for pending in [*self._pending.values(), *self._ready]:
+                for pending in [*self._pending.values(), *self._ready,
+                                *self._building.values()]:
                     self._interrupt(pending)
-                self._pending, self._ready = {}, []
+                self._pending, self._ready, self._building = {}, [], {}
             finally:
                 if stop_reason == INTERRUPTED_BY_USER or timing is None:
                     timing = self.clock.times()  # the trials' time: stopping agents is not
+                if self._builds is not None:
+                    self._builds.close()
                 dispatcher.close()
             self._show(f"stopped: {stop_reason}")
         self._reload()  # the summary of a shared study has every driver's trials
@@ -603,6 +621,12 @@ class StudyRunner:
             if stop_reason is None:
                 stop_reason = self.monitor.stop_reason(self._finished(),
                                                        in_flight=self._in_flight())
+            if self._builds is not None:
+                if self._pool_step(prepared, dispatcher, eval_digest, eval_ref, stop_reason):
+                    continue
+                if not self._pending and not self._ready and not self._building:
+                    return stop_reason or TRIALS_DONE
+                continue
             may_build = self.config.device.builds_overlap or not self._pending
             if stop_reason is None and not self._ready and may_build:
                 # build while the agents measure, only where that cannot distort the timing
@@ -628,6 +652,54 @@ class StudyRunner:
                 return stop_reason or TRIALS_DONE
             self._collect(dispatcher, timeout=1.0)
 
+    def _pool_step(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
+                   eval_ref: Any, stop_reason: str | None) -> bool:
+        """One turn of the loop with builds on builder nodes: ask for as many candidates as
+        free builders and agents can absorb (a builder is free, and fewer candidates wait
+        for an agent than the free agents plus the builders), then collect what finished.
+        True when a candidate was asked for."""
+        assert self._builds is not None
+        absorb = dispatcher.free_slots() + self._builds.free_slots() + len(self._building)
+        if stop_reason is None and self._builds.free_slots() > 0 and \
+                len(self._building) + len(self._ready) < max(1, absorb):
+            asked = self._ask_next(prepared)
+            if asked is None:
+                return False
+            self._await_in_flight_twin(asked, dispatcher, eval_digest, eval_ref)
+            twin = self._measured_twin(asked.candidate)
+            if twin is not None:
+                self._reuse(asked, twin)
+                return True
+            self._building[asked.trial.number] = asked
+            with self.clock.phase(BUILD):
+                self._builds.submit(asked.trial.number, asked.candidate,
+                                    self.workspace.bundle_dir(asked.trial.number))
+            self._collect_builds(timeout=0.0)
+            return True
+        self._collect_builds(timeout=0.0)
+        self._dispatch_ready(dispatcher, eval_digest, eval_ref)
+        self._collect(dispatcher, timeout=0.2 if self._building or self._pending else 0.0)
+        self._collect_builds(timeout=0.2 if self._building else 0.0)
+        return False
+
+    def _collect_builds(self, timeout: float) -> None:
+        """Builds that finished on builder nodes: ready for an agent, or a FAILED trial."""
+        if self._builds is None or not self._building:
+            return
+        with self.clock.phase(WAIT):
+            finished: list[BuildDone] = self._builds.poll(timeout=timeout)
+        for done in finished:
+            pending = self._building.pop(done.key)
+            if done.built is None:
+                self._fail(pending, f"build failed: {done.error}")
+                continue
+            pending.built = done.built
+            pending.trial.set_user_attr("bundle", self.workspace.relative(done.built.directory))
+            pending.trial.set_user_attr("bundle_digest", done.built.digest)
+            if done.builder_id:
+                pending.trial.set_user_attr("builder", done.builder_id)
+            self._ready.append(pending)
+
     def _dispatch_ready(self, dispatcher: Dispatcher, eval_digest: str, eval_ref: Any) -> None:
         while self._ready and dispatcher.free_slots() > 0:
             self._submit(dispatcher, self._ready.pop(0), eval_digest, eval_ref)
@@ -646,7 +718,8 @@ class StudyRunner:
 
         def twin_in_flight() -> bool:
             return any(p.candidate.to_dict() == key
-                       for p in (*self._pending.values(), *self._ready))
+                       for p in (*self._pending.values(), *self._ready,
+                                 *self._building.values()))
 
         def twin_elsewhere() -> bool:
             mine = {pending.trial.number, *self._pending, *(p.trial.number for p in self._ready)}
@@ -658,10 +731,12 @@ class StudyRunner:
         give_up = time.monotonic() + m.timeout_s * (m.retries + 1)
         while True:
             if twin_in_flight():
+                self._collect_builds(timeout=0.0)
                 self._dispatch_ready(dispatcher, eval_digest, eval_ref)
-                if not self._pending:  # nothing can finish (no agent): build and measure anew
-                    return
-                self._collect(dispatcher, timeout=1.0)
+                if not self._pending and not self._building:  # nothing can finish (no
+                    return                                    # agent): build and measure anew
+                self._collect(dispatcher, timeout=1.0 if not self._building else 0.2)
+                self._collect_builds(timeout=0.2 if self._building else 0.0)
             elif twin_elsewhere() and time.monotonic() < give_up and not self._stop.requested:
                 self._collect(dispatcher, timeout=SHARED_POLL_S)
                 self._reload()

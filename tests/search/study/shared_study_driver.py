@@ -82,6 +82,30 @@ class MatMulBuilder:
                            {"macs_m": 0.001})
 
 
+class SlowMatMulBuilder(MatMulBuilder):
+    """A :class:`MatMulBuilder` whose builds take ``build_s``, each announced first by a file
+    ``<markers>/<pid>-<n>.json`` naming the candidate (so that a test can kill the builder's
+    process mid-build)."""
+
+    def __init__(self, markers: Path, build_s: float) -> None:
+        self.markers = markers
+        self.build_s = build_s
+        self.builds = 0
+
+    def build(self, candidate: Candidate, directory: Path) -> BuiltBundle:
+        import os
+
+        self.builds += 1
+        marker = self.markers / f"{os.getpid()}-{self.builds}.json"
+        marker.write_text(json.dumps(candidate.to_dict()))
+        time.sleep(self.build_s)
+        return super().build(candidate, directory)
+
+
+def make_slow_builder(markers: Path, build_s: float) -> SlowMatMulBuilder:
+    return SlowMatMulBuilder(markers, build_s)
+
+
 def prepare_fake(config: StudyConfig, cache: Path) -> Prepared:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, FEATURES)).astype(np.float32)
