@@ -15,8 +15,9 @@ simulated work, and what the sampler costs as a study grows.
    study loop does). Reported: the agents' busy share (their measuring time over agents x the
    window from the first measurement's start to the last one's end; goal >= 90 %), trials per
    minute, the driver's CPU per trial (``time.process_time``) and its ask + tell time per
-   trial. The study loop itself builds on the driver (one builder); this part measures the
-   sampler and the dispatch at fleet scale, not the loop's bookkeeping.
+   trial. It drives the sampler and a dispatch of its own (the study loop's asking rule with
+   builder nodes, ``StudyRunner._pool_step``), not the study loop: the loop's bookkeeping
+   (trial log, display, MLflow) is not in these numbers.
 2. Sampler cost. Ask + tell of one trial on a journal study already holding 500, 1,000 and
    2,000 finished trials (random ones of the same space), for ``tpe`` (what
    ``search.sampler: tpe`` is: TPE with constant liar, NSGA-II past ``TPE_TRIALS_MAX``

@@ -18,10 +18,10 @@ import typer
 BUILDER_HELP = "Join this machine to a study's Ray cluster as a builder node (docs/SCALING.md)."
 
 
-def ray_builder_command(address: str, builds: int, gpus: int, cpus: int) -> list[str]:
+def ray_builder_command(address: str, builds: int, cpus: int) -> list[str]:
     """The ``ray start`` command line of a builder node."""
     return [sys.executable, "-m", "ray.scripts.scripts", "start", "--address", address,
-            "--num-cpus", str(cpus), "--num-gpus", str(gpus),
+            "--num-cpus", str(cpus),
             "--resources", json.dumps({"builder": builds}),
             "--dashboard-agent-listen-port", "0", "--metrics-export-port", "0",
             "--disable-usage-stats", "--block"]
@@ -30,7 +30,6 @@ def ray_builder_command(address: str, builds: int, gpus: int, cpus: int) -> list
 def start_builder(
     address: Annotated[str, typer.Option(help="HOST:PORT of the study's Ray head")],
     builds: Annotated[int, typer.Option(min=1, max=64, help="builds at once on this node")] = 1,
-    gpus: Annotated[int, typer.Option(min=0, help="GPUs this node offers its builds")] = 0,
     cache: Annotated[Path, typer.Option(help="the build cache (content-keyed; a shared folder "
                                              "is shared by every builder using it)")]
     = Path.home() / ".cache" / "paretoedge" / "builds",
@@ -46,11 +45,11 @@ def start_builder(
     cache.mkdir(parents=True, exist_ok=True)
     os.environ[CACHE_ENV] = str(cache.resolve())  # the node's build workers inherit it
     cpus = max(1, (os.cpu_count() or 1))
-    node = RayNodeProcess(ray_builder_command(address, builds, gpus, cpus), log)
+    node = RayNodeProcess(ray_builder_command(address, builds, cpus), log)
     node.start()
     node.wait_started(timeout=120)
-    typer.echo(f"builder node joined {address}: {builds} build(s) at once, {gpus} GPU(s), "
-               f"cache {cache}; Ctrl-C to leave")
+    typer.echo(f"builder node joined {address}: {builds} build(s) at once, cache {cache}; "
+               f"Ctrl-C to leave")
     try:
         while node.alive():
             time.sleep(1.0)
