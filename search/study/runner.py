@@ -164,6 +164,7 @@ class StudyRunner:
         self.build_pool_factory = build_pool_factory
         self._builds: BuildPool | None = None
         self._building: dict[int, _Pending] = {}
+        self._budget_spent = False  # a shared study's budget was taken by every driver
         self.console = console or Console()
         self.objectives = study_objectives(config)
         self.monitor = StudyMonitor(config, workspace, self.console, tracker=tracker, live=live)
@@ -622,6 +623,10 @@ class StudyRunner:
                 stop_reason = self.monitor.stop_reason(self._finished(),
                                                        in_flight=self._in_flight())
             if self._builds is not None:
+                if stop_reason is None and self._budget_spent:
+                    stop_reason = TRIALS_DONE
+                if stop_reason is None and self._repeats >= EXHAUSTED_AFTER_REPEATS:
+                    stop_reason = SPACE_EXHAUSTED
                 if self._pool_step(prepared, dispatcher, eval_digest, eval_ref, stop_reason):
                     continue
                 if not self._pending and not self._ready and not self._building:
@@ -663,13 +668,16 @@ class StudyRunner:
         if stop_reason is None and self._builds.free_slots() > 0 and \
                 len(self._building) + len(self._ready) < max(1, absorb):
             asked = self._ask_next(prepared)
-            if asked is None:
+            if asked is None:  # the other drivers took the rest of the budget
+                self._budget_spent = True
                 return False
             self._await_in_flight_twin(asked, dispatcher, eval_digest, eval_ref)
             twin = self._measured_twin(asked.candidate)
             if twin is not None:
                 self._reuse(asked, twin)
+                self._repeats += 1
                 return True
+            self._repeats = 0
             self._building[asked.trial.number] = asked
             with self.clock.phase(BUILD):
                 self._builds.submit(asked.trial.number, asked.candidate,

@@ -106,6 +106,21 @@ def make_slow_builder(markers: Path, build_s: float) -> SlowMatMulBuilder:
     return SlowMatMulBuilder(markers, build_s)
 
 
+class PickyMatMulBuilder(MatMulBuilder):
+    """A :class:`MatMulBuilder` that cannot build candidates pruned by half."""
+
+    def build(self, candidate: Candidate, directory: Path) -> BuiltBundle:
+        from spaces import BuildError
+
+        if candidate.prune_ratio == 0.5:
+            raise BuildError("pruning by half leaves a stage without channels")
+        return super().build(candidate, directory)
+
+
+def make_picky_builder() -> PickyMatMulBuilder:
+    return PickyMatMulBuilder()
+
+
 def prepare_fake(config: StudyConfig, cache: Path) -> Prepared:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, FEATURES)).astype(np.float32)

@@ -25,6 +25,7 @@ from tests.search.conftest import tiny_config_dict
 from tests.search.study.shared_study_driver import (
     MatMulBuilder,
     agent_measuring,
+    make_picky_builder,
     make_slow_builder,
     prepare_fake,
 )
@@ -147,3 +148,29 @@ def test_builder_start_on_an_unreachable_head_is_one_line_exit_2(tmp_path) -> No
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and f"the Ray head at {address} is not reachable" in errors[0]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_candidate_a_builder_node_cannot_build_fails_with_its_reason(builder_cluster,
+                                                                       tmp_path) -> None:
+    config = parse_config(tiny_config_dict("picky", search={"trials": 8, "seed": 1},
+                                           tracking={"mlflow": False},
+                                           confirm={"enabled": False}), "c.yaml", tmp_path)
+    measured: list[dict] = []
+    agent = agent_measuring(measured, 0.0)
+    runner = StudyRunner(config, Workspace(tmp_path / "runs", "picky"),
+                         dispatcher_factory=lambda c, w: InlineDispatcher(agent),
+                         tracker=NullTracker(), live=False, preparer=prepare_fake,
+                         build_pool_factory=lambda c, w, p: RayBuildPool(
+                             make_builder=make_picky_builder, builder_key="picky", slots=2,
+                             num_cpus=0))
+    records = runner.run(RunOptions(trials=8, confirm=False)).records
+    failed = [r for r in records if r.state == "FAIL"]
+    assert failed, "the seed samples no candidate pruned by half"
+    for r in failed:
+        assert r.candidate["prune_ratio"] == 0.5
+        assert r.fail_reason == ("build failed: pruning by half leaves a stage without "
+                                 "channels")
+    assert all(r.complete for r in records if r.candidate["prune_ratio"] != 0.5)
+    assert sum(r.finished for r in records) == 8  # failed builds count, as on the driver
