@@ -38,9 +38,17 @@ def builder_cluster():
     """A local Ray cluster with two build slots; its workers import this repository."""
     import ray
 
-    ray.init(address="local", num_cpus=2, resources={"builder": 2}, include_dashboard=False,
-             log_to_driver=False, object_store_memory=80 * 1024 * 1024,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)
+    try:  # the cluster's processes inherit the environment
+        ray.init(address="local", num_cpus=2, resources={"builder": 2},
+                 include_dashboard=False, log_to_driver=False,
+                 object_store_memory=80 * 1024 * 1024)
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
     yield
     ray.shutdown()
 
@@ -167,10 +175,9 @@ def test_a_candidate_a_builder_node_cannot_build_fails_with_its_reason(builder_c
                              num_cpus=0))
     records = runner.run(RunOptions(trials=8, confirm=False)).records
     failed = [r for r in records if r.state == "FAIL"]
-    assert failed, "the seed samples no candidate pruned by half"
+    assert failed, [(r.number, r.state, dict(r.candidate)) for r in records]
     for r in failed:
-        assert r.candidate["prune_ratio"] == 0.5
-        assert r.fail_reason == ("build failed: pruning by half leaves a stage without "
-                                 "channels")
-    assert all(r.complete for r in records if r.candidate["prune_ratio"] != 0.5)
+        assert r.candidate["prune_ratio"] > 0
+        assert r.fail_reason == "build failed: pruning leaves a stage without channels"
+    assert all(r.complete for r in records if r.candidate["prune_ratio"] == 0)
     assert sum(r.finished for r in records) == 8  # failed builds count, as on the driver
