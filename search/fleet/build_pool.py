@@ -128,18 +128,35 @@ class RayBuildPool:
     """
 
     def __init__(self, *, make_builder: Callable[[], Any], builder_key: str,
-                 slots: int | None = None, retries: int = 2, num_cpus: float = 1.0) -> None:
-        import ray
-
+                 slots: int | None = None, retries: int = 2, num_cpus: float = 1.0,
+                 recount_every_s: float = 10.0) -> None:
         self.make_builder = make_builder
         self.builder_key = builder_key
-        self.slots = int(slots if slots is not None
-                         else ray.cluster_resources().get(BUILDER_RESOURCE, 0))
+        #: fixed, or (None) the cluster's ``builder`` resources, counted again every
+        #: ``recount_every_s`` so that builder nodes joining or leaving are seen
+        self._fixed_slots = slots
+        self.recount_every_s = recount_every_s
+        self._counted_at = float("-inf")
+        self._slots = 0
+        import ray
+
         # a worker that dies mid-build is a system failure: Ray runs the task again elsewhere
         self._task = ray.remote(build_remotely).options(
             num_cpus=num_cpus, resources={BUILDER_RESOURCE: 1}, max_retries=retries,
             retry_exceptions=False)
         self._running: dict[Any, _Build] = {}
+
+    @property
+    def slots(self) -> int:
+        """Builds at once: the ``builder`` resources of the cluster's nodes."""
+        if self._fixed_slots is not None:
+            return self._fixed_slots
+        if time.monotonic() - self._counted_at >= self.recount_every_s:
+            import ray
+
+            self._slots = int(ray.cluster_resources().get(BUILDER_RESOURCE, 0))
+            self._counted_at = time.monotonic()
+        return self._slots
 
     def free_slots(self) -> int:
         return max(0, self.slots - len(self._running))

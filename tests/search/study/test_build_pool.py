@@ -113,6 +113,8 @@ def test_a_builder_killed_mid_build_loses_no_trial(builder_cluster, tmp_path) ->
         stop.set()
         killer.join()
     assert len(killed) == 1 and pools[0].slots == 2
+    # without a fixed count, the slots are the cluster's builder resources
+    assert RayBuildPool(make_builder=make_picky_builder, builder_key="any").slots == 2
     records = summary.records
     assert all(r.complete for r in records), [(r.number, r.state, r.fail_reason)
                                               for r in records]
