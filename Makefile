@@ -31,7 +31,7 @@ test: $(STAMP) postgresql
 
 postgresql:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-	  (apt-get update -qq && apt-get install -y -qq postgresql)
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
 # The reference benchmark's data: Debian's package (needs root, or run the apt-get line as root).
 fashion-mnist:
