@@ -22,6 +22,7 @@ from search.tracking.tracker import NullTracker
 from search.workspace import Workspace, open_storage
 from spaces import Candidate
 from tests.search.conftest import tiny_config_dict
+from tests.search.study import shared_study_driver
 from tests.search.study.shared_study_driver import (
     MatMulBuilder,
     agent_measuring,
@@ -30,27 +31,13 @@ from tests.search.study.shared_study_driver import (
     prepare_fake,
 )
 
-ROOT = Path(__file__).resolve().parents[3]
 
-
-@pytest.fixture(scope="module")
-def builder_cluster():
-    """A local Ray cluster with two build slots; its workers import this repository."""
-    import ray
-
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)
-    try:  # the cluster's processes inherit the environment
-        ray.init(address="local", num_cpus=2, resources={"builder": 2},
-                 include_dashboard=False, log_to_driver=False,
-                 object_store_memory=80 * 1024 * 1024)
-    finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
-    yield
-    ray.shutdown()
+@pytest.fixture
+def builder_cluster(ray_cluster):
+    """The session's Ray cluster (two ``builder`` slots); the tests' builders travel by value,
+    so that its workers need not import this test tree."""
+    ray_cluster.cloudpickle.register_pickle_by_value(shared_study_driver)
+    return ray_cluster
 
 
 def kill_first_build(markers: Path, killed: list[dict], stop: threading.Event) -> None:
