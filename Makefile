@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 TRIALS ?= 20
 
-.PHONY: setup demo test lint clean fashion-mnist
+.PHONY: setup demo test lint clean fashion-mnist postgresql
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,15 @@ demo: $(STAMP)
 	$(BIN)/paretoedge run experiments/digits.yaml --trials $(TRIALS)
 
 # The type checker first (packages and strictness: [tool.mypy] in pyproject.toml), then the tests.
-test: $(STAMP)
+# The shared-storage tests start a real PostgreSQL server: Debian's package, installed here when
+# its binaries are missing (needs root, or run the apt-get line as root).
+test: $(STAMP) postgresql
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
+
+postgresql:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
 # The reference benchmark's data: Debian's package (needs root, or run the apt-get line as root).
 fashion-mnist:

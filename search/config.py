@@ -109,6 +109,17 @@ class DeviceConfig(_Strict):
     overlap_builds: bool = Field(False, description="on a local cluster, build the next "
                                  "candidate while an agent measures (faster, but the build on "
                                  "the next core inflates the latency; logged per trial)")
+    builds: Literal["local", "cluster"] = Field(
+        "local", description="local: the driver builds, one candidate at a time; cluster: Ray "
+        "tasks on the nodes of the cluster at device.address that carry the resource "
+        "'builder' (paretoedge builder start; docs/SCALING.md)")
+
+    @model_validator(mode="after")
+    def _cluster_builds(self) -> DeviceConfig:
+        if self.builds == "cluster" and self.address is None:
+            raise ValueError("builds: cluster needs device.address (the Ray cluster whose "
+                             "builder nodes build)")
+        return self
 
     @property
     def builds_overlap(self) -> bool:
@@ -465,6 +476,9 @@ class SearchConfig(_Strict):
                                                   "(90s, 30m, 8h); --timeout overrides it")
     patience: int | None = Field(None, ge=1, description="stop when the hypervolume has not "
                                                          "improved for this many trials")
+    storage: str = Field("journal", description="where the trials are stored: 'journal' (the "
+                         "workdir's Optuna journal, one driver) or postgresql://user@host:port/"
+                         "database (several drivers share the study; docs/SCALING.md)")
 
     @field_validator("timeout")
     @classmethod
@@ -475,6 +489,13 @@ class SearchConfig(_Strict):
             except ConfigError as exc:
                 raise ValueError(str(exc).removeprefix("timeout: ")) from None
         return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        from search.storage import check_storage
+
+        return check_storage(value)
 
 
 class TrackingConfig(_Strict):

@@ -1,4 +1,5 @@
-"""One driver per study, and the clean-up after a driver that was killed (SIGKILL, OOM, reboot).
+"""One driver per study (several on a shared storage), and the clean-up after a driver that was
+killed (SIGKILL, OOM, reboot).
 
 The driver writes ``<workdir>/<study>/driver.json`` with its pid and, once its agents are up,
 the processes it started (the local Ray cluster: raylet, GCS, agents). A driver killed with
@@ -112,6 +113,12 @@ def repair_journal(journal: Path) -> bool:
 class StudyLock:
     """The driver record of one study.
 
+    With the journal (the default storage) one driver runs a study: its record is
+    ``<study>/driver.json`` and a second driver is refused. With a shared storage
+    (``search.storage: postgresql://...``) several drivers run it at once, each with a record of
+    its own, ``<study>/drivers/<host>-<pid>.json``; a starting driver cleans up after the dead
+    drivers of its host only.
+
     Example:
         >>> lock = StudyLock(Workspace(Path("runs"), "digits"))  # doctest: +SKIP
         >>> notes = lock.acquire()          # raises SearchError while another driver runs
@@ -119,35 +126,60 @@ class StudyLock:
         >>> lock.release()
     """
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, *, shared: bool = False) -> None:
         self.workspace = workspace
-        self.path = workspace.study_dir / "driver.json"
+        self.shared = shared
         self.me = ProcessId.of(os.getpid()) or ProcessId(os.getpid(), 0)
         self.host = socket.gethostname()
+        self.path = (self.drivers_dir / f"{self.host}-{self.me.pid}.json" if shared
+                     else workspace.study_dir / "driver.json")
 
-    def _read(self) -> dict | None:
+    @property
+    def drivers_dir(self) -> Path:
+        return self.workspace.study_dir / "drivers"
+
+    @staticmethod
+    def _read_file(path: Path) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
+            return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
 
+    def _read(self) -> dict | None:
+        return self._read_file(self.path)
+
     def _write(self, processes: list[ProcessId]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"driver": asdict(self.me), "host": self.host,
                                    "processes": [asdict(p) for p in processes]}))
         tmp.replace(self.path)
 
+    def _records(self) -> list[tuple[Path, dict]]:
+        """Every driver record of the study: the single driver's, and the shared ones."""
+        paths = [self.workspace.study_dir / "driver.json",
+                 *sorted(self.drivers_dir.glob("*.json"))]
+        return [(path, record) for path in paths
+                if (record := self._read_file(path)) is not None]
+
     def running_driver(self) -> int | None:
-        """The pid of the driver running the study now, if any (on this host)."""
-        record = self._read()
-        if record is None or record.get("host") != self.host:
-            return None
-        driver = ProcessId(**record["driver"])
-        return driver.pid if driver.alive() else None
+        """The pid of a driver running the study now, if any (on this host)."""
+        for _, record in self._records():
+            if record.get("host") != self.host:
+                continue
+            driver = ProcessId(**record["driver"])
+            if driver.alive():
+                return driver.pid
+        return None
 
     def acquire(self) -> list[str]:
         """Take the study, cleaning up after a dead driver; return what was cleaned up."""
         self.workspace.study_dir.mkdir(parents=True, exist_ok=True)
+        notes = self._clean_up_shared() if self.shared else self._acquire_single()
+        self._write([])
+        return notes
+
+    def _acquire_single(self) -> list[str]:
         notes: list[str] = []
         record = self._read()
         if record is not None:
@@ -169,8 +201,38 @@ class StudyLock:
                 notes.append("removed the journal lock the killed driver held")
         if repair_journal(self.workspace.journal):
             notes.append("cut a half-written line at the end of the journal")
-        self._write([])
         return notes
+
+    def _clean_up_shared(self) -> list[str]:
+        """The records of this host's drivers that died: end what they left, drop them."""
+        notes: list[str] = []
+        for path in sorted(self.drivers_dir.glob("*.json")):
+            record = self._read_file(path)
+            if record is None or record.get("host") != self.host:
+                continue
+            driver = ProcessId(**record["driver"])
+            if driver.alive():
+                continue
+            ended = end_processes([ProcessId(**p) for p in record.get("processes", [])])
+            if ended:
+                notes.append(f"ended {ended} process(es) left by the killed driver "
+                             f"(pid {driver.pid})")
+            path.unlink(missing_ok=True)
+        return notes
+
+    def owner(self) -> dict[str, object]:
+        """This driver, as the trials it asks name it (trial user attr ``driver``)."""
+        return {"host": self.host, "pid": self.me.pid, "started": self.me.started}
+
+    def owner_gone(self, owner: object) -> bool:
+        """Whether the driver a trial names is known to be dead: one of this host that no
+        longer runs (a trial that names none is from before this record: gone too). A driver
+        of another host is never judged from here."""
+        if not isinstance(owner, dict):
+            return True
+        if owner.get("host") != self.host:
+            return False
+        return not ProcessId(int(owner["pid"]), int(owner["started"])).alive()
 
     def remember_children(self) -> None:
         """Record the processes this driver started so far (call once the agents are up)."""

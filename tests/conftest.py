@@ -14,18 +14,24 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
 
+def session_resources() -> dict[str, float]:
+    """The custom resources of the session's cluster: agents of the classes ``local`` and
+    ``test``, and two build slots (``builder``, for ``RayBuildPool``)."""
+    from device_agents.ray_actor import device_resource
+
+    return {device_resource("local"): 4, device_resource("test"): 4, "builder": 2}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster (the way ``paretoedge run`` starts one), shut down at the end."""
     import ray
 
-    from device_agents.ray_actor import device_resource
     from search.fleet.agent_pool import start_ray
 
     if ray.is_initialized():
         ray.shutdown()
-    start_ray(None, num_cpus=os.cpu_count() or 2,
-              resources={device_resource("local"): 4, device_resource("test"): 4})
+    start_ray(None, num_cpus=os.cpu_count() or 2, resources=session_resources())
     yield ray
     ray.shutdown()
 

@@ -383,8 +383,10 @@ def sensitivity(config: Annotated[Path, typer.Argument(help="Experiment YAML.")]
 
 # `paretoedge agent start` and `paretoedge agents` (issue 6)
 from search.cli.agent_commands import register_agent_commands  # noqa: E402
+from search.cli.builder_command import register_builder_commands  # noqa: E402
 
 register_agent_commands(app, _guard)
+register_builder_commands(app, _guard)
 
 # `paretoedge deploy | deployments | rollback | pull | compare` (issue 16)
 from search.cli.registry_commands import register_registry_commands  # noqa: E402

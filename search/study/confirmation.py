@@ -155,7 +155,7 @@ def stored_study(workspace: Workspace, doing: str
 
     from search.errors import ConfigError, SearchError
     from search.study_lock import StudyLock
-    from search.workspace import open_storage
+    from search.workspace import study_storage
 
     workspace.require()
     driver = StudyLock(workspace).running_driver()
@@ -163,7 +163,7 @@ def stored_study(workspace: Workspace, doing: str
         raise SearchError(f"study {workspace.study!r} is running (driver pid {driver}); it "
                           f"will {doing} itself when it ends")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=workspace.study, storage=open_storage(workspace.journal))
+    study = optuna.load_study(study_name=workspace.study, storage=study_storage(workspace).optuna())
     attrs = study.user_attrs
     if "config" not in attrs or "config_dir" not in attrs:
         raise ConfigError(f"study {workspace.study!r} keeps no config to {doing} with (run "

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
@@ -25,6 +26,7 @@ from device_agents import EvalSetPayload, Measurement, MeasurementProtocol, Meas
 from device_agents.bundle import BundlePayload
 from search.config import StudyConfig
 from search.errors import ConfigError, SearchError
+from search.fleet.build_pool import BuildDone, BuildPool
 from search.fleet.dispatch import Completed, Dispatcher
 from search.fleet.measurable import check_measurable
 from search.fleet.runtime_offer import check_agents_offer
@@ -59,7 +61,7 @@ from search.study.sensitivity import seed_study
 from search.study.trial_log import TrialLog
 from search.study_lock import StudyLock
 from search.tracking.tracker import Tracker
-from search.workspace import Workspace, open_storage
+from search.workspace import Workspace
 from spaces import BuildError, BuiltBundle, Candidate
 from spaces.candidate import candidate_label
 from spaces.settings import FULL_FIDELITY
@@ -71,6 +73,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Consecutive repeated candidates after which the search space counts as exhausted.
 EXHAUSTED_AFTER_REPEATS = 25
+#: Trial user attr (shared storage): the driver that runs the trial (host, pid, start time).
+DRIVER_ATTR = "driver"
+#: How often a driver of a shared study looks again at what the other drivers are doing.
+SHARED_POLL_S = 0.5
 __all__ = ["INTERRUPTED", "RunOptions", "StudyRunner", "StudySummary", "Tracker"]
 
 
@@ -141,10 +147,27 @@ class StudyRunner:
     def __init__(self, config: StudyConfig, workspace: Workspace, *,
                  dispatcher_factory: Callable[[StudyConfig, Workspace], Dispatcher] | None = None,
                  tracker: Tracker | None = None, console: Console | None = None,
-                 live: bool | None = None) -> None:
+                 live: bool | None = None,
+                 preparer: Callable[[StudyConfig, Path], Prepared] | None = None,
+                 build_pool_factory: Callable[[StudyConfig, Workspace, Prepared], BuildPool]
+                 | None = None) -> None:
         self.config = config
         self.workspace = workspace
         self.dispatcher_factory = dispatcher_factory or default_dispatcher
+        #: data, builder and space of the study (``prepare``; tests give fake builders)
+        self.preparer = preparer or prepare
+        #: the journal, or a database several drivers share (``search.storage``)
+        self.storage = workspace.storage(config.search.storage)
+        self._lock = StudyLock(workspace, shared=self.storage.shared)
+        #: builds elsewhere (builder nodes); None: the driver builds, one at a time
+        if build_pool_factory is None and config.device.builds == "cluster":
+            from search.study.cluster_builds import cluster_build_pool
+
+            build_pool_factory = cluster_build_pool
+        self.build_pool_factory = build_pool_factory
+        self._builds: BuildPool | None = None
+        self._building: dict[int, _Pending] = {}
+        self._budget_spent = False  # a shared study's budget was taken by every driver
         self.console = console or Console()
         self.objectives = study_objectives(config)
         self.monitor = StudyMonitor(config, workspace, self.console, tracker=tracker, live=live)
@@ -168,8 +191,9 @@ class StudyRunner:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage.remember()
         study = optuna.create_study(
-            study_name=self.config.study, storage=open_storage(self.workspace.journal),
+            study_name=self.config.study, storage=self.storage.optuna(),
             directions=[optuna.study.StudyDirection[d.upper()]
                         for d in self.objectives.directions],
             sampler=make_sampler(self.config.search.sampler, self.config.search.seed, trials),
@@ -207,6 +231,8 @@ class StudyRunner:
         from optuna.trial import TrialState
 
         left = self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if self.storage.shared:  # the running trials of living drivers are theirs
+            left = [t for t in left if self._lock.owner_gone(t.user_attrs.get(DRIVER_ATTR))]
         if not left:
             return
         # fail_reason cannot be set on a trial of another process through Optuna's public API:
@@ -223,6 +249,8 @@ class StudyRunner:
     @_in_phase(ASK)
     def _ask(self, prepared: Prepared) -> _Pending:
         trial = self._study.ask()
+        if self.storage.shared:  # who runs it: a driver that died leaves it to be re-queued
+            trial.set_user_attr(DRIVER_ATTR, self._lock.owner())
         candidate = prepared.space.suggest(trial)
         fidelity = trial.user_attrs.get(FIDELITY_ATTR)
         if fidelity:  # a promotion (search.study.promotion): the same params, built again
@@ -416,7 +444,8 @@ class StudyRunner:
         if self._stop.requested and not note:
             note = (f"stopping: waiting for {len(self._pending)} trial(s) in flight; Ctrl-C "
                     f"again to abort them" if self._pending else "stopping")
-        self.monitor.show(self.records(), len(self._pending) + len(self._ready), note)
+        self.monitor.show(self.records(),
+                          len(self._pending) + len(self._ready) + len(self._building), note)
 
     def records(self) -> list[TrialRecord]:
         return self._log.records()
@@ -425,27 +454,56 @@ class StudyRunner:
         """Trials that count against the budget (interrupted ones are run again)."""
         return sum(r.finished for r in self.records())
 
+    def _in_flight(self) -> int:
+        """Trials asked for and not yet told: this driver's, or (shared storage) every
+        driver's, as the storage last read says."""
+        if self.storage.shared:
+            return sum(r.state == "RUNNING" for r in self.records())
+        return len(self._pending) + len(self._ready) + len(self._building)
+
+    def _reload(self) -> None:
+        """Read every driver's trials from the shared storage (a no-op on the journal)."""
+        if self.storage.shared:
+            self._log = TrialLog.load(self._study)
+
+    def _ask_next(self, prepared: Prepared) -> _Pending | None:
+        """Ask for the next trial; None when the budget is spent. On a shared storage the
+        budget is checked again, with every driver's trials, under the study's lock: the
+        study's trials (finished + running) never exceed it."""
+        if not self.storage.shared:
+            return self._ask(prepared)
+        with self.storage.exclusive():
+            self._reload()
+            if self.monitor.stop_reason(self._finished(), in_flight=self._in_flight()):
+                return None
+            return self._ask(prepared)
+
     # -- the loop -----------------------------------------------------------------------------
     def run(self, options: RunOptions) -> StudySummary:
         self.workspace.create()
-        lock = StudyLock(self.workspace)
+        lock = self._lock
         for note in lock.acquire():
             self.monitor.print(f"[yellow]{note}")
         try:
             return self._run_locked(options, lock)
         finally:
             lock.release()
+            self.storage.close()
 
     def _run_locked(self, options: RunOptions, lock: StudyLock) -> StudySummary:
         check_measurable(self.config)  # before anything is trained or started
-        self._study = self._open_study(options.trials)  # refuses other objectives at once
+        with self.storage.exclusive():  # drivers of a shared study open it one at a time
+            self._study = self._open_study(options.trials)  # refuses other objectives at once
         self._trials_budget = options.trials
-        prepared = prepare(self.config, self.workspace.cache)
-        self._log = TrialLog.load(self._study)
-        self._study.set_user_attr("config", self.config.model_dump(mode="json", by_alias=True))
-        self._study.set_user_attr("max_accuracy_drop", self.config.constraints.max_accuracy_drop)
-        self._study.set_user_attr("config_dir", str(self.config.base_dir.resolve()))
-        self._recover_interrupted()
+        prepared = self.preparer(self.config, self.workspace.cache)
+        with self.storage.exclusive():
+            self._log = TrialLog.load(self._study)
+            self._study.set_user_attr("config",
+                                      self.config.model_dump(mode="json", by_alias=True))
+            self._study.set_user_attr("max_accuracy_drop",
+                                      self.config.constraints.max_accuracy_drop)
+            self._study.set_user_attr("config_dir", str(self.config.base_dir.resolve()))
+            self._recover_interrupted()
         self.monitor.begin(self.records(),
                            Budget(options.trials, options.timeout_s, options.patience))
         stop_reason = TRIALS_DONE
@@ -455,6 +513,9 @@ class StudyRunner:
             self._refresh("starting the agents")
             with sigint_ignored():  # Ctrl-C must reach the driver only (search.study.interrupts)
                 dispatcher = self.dispatcher_factory(self.config, self.workspace)
+                if self.build_pool_factory is not None:
+                    self._builds = self.build_pool_factory(self.config, self.workspace,
+                                                           prepared)
             lock.remember_children()
             try:  # the runtime knobs of a running cluster's agents (local ones: checked above)
                 check_agents_offer(self.config, dispatcher)
@@ -469,7 +530,9 @@ class StudyRunner:
                     eval_payload = EvalSetPayload.from_eval_set(prepared.data.selection_set())
                     eval_ref = dispatcher.share(eval_payload)
                     self._run_baseline(prepared, dispatcher, eval_payload.digest, eval_ref)
-                    seed_study(self._study, prepared, self.config, self.workspace, self.console)
+                    with self.storage.exclusive():  # seeded once, by the first driver
+                        seed_study(self._study, prepared, self.config, self.workspace,
+                                   self.console)
                     stop_reason = self._loop(prepared, dispatcher, eval_payload.digest, eval_ref)
                     timing = self.clock.times()  # the trials' time: confirming is not
                     if options.confirm and self.config.confirm.enabled and \
@@ -481,14 +544,18 @@ class StudyRunner:
                 stop_reason = INTERRUPTED_BY_USER
                 with contextlib.suppress(Exception):  # keep what finished just before
                     self._collect(dispatcher, timeout=0.0)
-                for pending in [*self._pending.values(), *self._ready]:
+                for pending in [*self._pending.values(), *self._ready,
+                                *self._building.values()]:
                     self._interrupt(pending)
-                self._pending, self._ready = {}, []
+                self._pending, self._ready, self._building = {}, [], {}
             finally:
                 if stop_reason == INTERRUPTED_BY_USER or timing is None:
                     timing = self.clock.times()  # the trials' time: stopping agents is not
+                if self._builds is not None:
+                    self._builds.close()
                 dispatcher.close()
             self._show(f"stopped: {stop_reason}")
+        self._reload()  # the summary of a shared study has every driver's trials
         self._study.set_user_attr("timing", timing.to_dict())
         self.monitor.sync(self.records(), final=True)
         records = self.records()
@@ -548,20 +615,9 @@ class StudyRunner:
 
     def _run_baseline(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
                       eval_ref: Any) -> None:
-        from optuna.trial import TrialState
-
-        done = [r for r in self.records() if r.baseline and r.complete]
-        if done:
-            self._baseline_accuracy = done[0].metrics["accuracy"]
+        pending = self._ask_baseline(prepared)
+        if pending is None:  # measured already (by this study's earlier run, or another driver)
             return
-        waiting = self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not any(t.user_attrs.get("baseline") for t in waiting):
-            self._study.enqueue_trial(prepared.space.baseline_params(),
-                                      user_attrs={"baseline": True})
-        pending = self._ask(prepared)
-        if not pending.trial.user_attrs.get("baseline"):
-            raise SearchError("the fp32 baseline was not the next trial; is another driver "
-                              "running this study?")
         if not self._build(pending, prepared):
             raise SearchError("the fp32 baseline could not be built (see the trial above)")
         self._submit(dispatcher, pending, eval_digest, eval_ref)
@@ -572,6 +628,35 @@ class StudyRunner:
             raise KeyboardInterrupt
         if self._baseline_accuracy is None:
             raise SearchError("the fp32 baseline could not be measured (see the trial above)")
+
+    def _ask_baseline(self, prepared: Prepared) -> _Pending | None:
+        """The baseline's trial, or None when it is measured already. On a shared storage a
+        baseline another driver is measuring is waited for, not measured twice."""
+        from optuna.trial import TrialState
+
+        while True:
+            with self.storage.exclusive():
+                self._reload()
+                done = [r for r in self.records() if r.baseline and r.complete]
+                if done:
+                    self._baseline_accuracy = done[0].metrics["accuracy"]
+                    return None
+                if not any(r.baseline and r.state == "RUNNING" for r in self.records()):
+                    waiting = self._study.get_trials(deepcopy=False,
+                                                     states=(TrialState.WAITING,))
+                    if not any(t.user_attrs.get("baseline") for t in waiting):
+                        self._study.enqueue_trial(prepared.space.baseline_params(),
+                                                  user_attrs={"baseline": True})
+                    pending = self._ask(prepared)
+                    if not pending.trial.user_attrs.get("baseline"):
+                        raise SearchError("the fp32 baseline was not the next trial; is "
+                                          "another driver running this study?")
+                    return pending
+            # another driver of the shared study measures the baseline now
+            self._show("waiting for the baseline another driver measures")
+            if self._stop.requested:
+                raise KeyboardInterrupt
+            time.sleep(SHARED_POLL_S)
 
     def _loop(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
               eval_ref: Any) -> str:
@@ -594,13 +679,27 @@ class StudyRunner:
             if self._stop.requested:
                 stop_reason = INTERRUPTED_BY_USER
             if stop_reason is None:
-                stop_reason = self.monitor.stop_reason(
-                    self._finished(), in_flight=len(self._pending) + len(self._ready))
+                stop_reason = self.monitor.stop_reason(self._finished(),
+                                                       in_flight=self._in_flight())
+            if self._builds is not None:
+                if stop_reason is None and self._budget_spent:
+                    stop_reason = TRIALS_DONE
+                if stop_reason is None and self._repeats >= EXHAUSTED_AFTER_REPEATS:
+                    stop_reason = SPACE_EXHAUSTED
+                if self._pool_step(prepared, dispatcher, eval_digest, eval_ref, stop_reason):
+                    continue
+                if not self._pending and not self._ready and not self._building:
+                    return stop_reason or TRIALS_DONE
+                continue
             may_build = self.config.device.builds_overlap or not self._pending
             if stop_reason is None and not self._ready and may_build:
                 # build while the agents measure, only where that cannot distort the timing
-                pending = self._ask(prepared)
-                self._await_in_flight_twin(pending.candidate, dispatcher, eval_digest, eval_ref)
+                asked = self._ask_next(prepared)
+                if asked is None:  # the other drivers took the rest of the budget
+                    stop_reason = TRIALS_DONE
+                    continue
+                pending = asked
+                self._await_in_flight_twin(pending, dispatcher, eval_digest, eval_ref)
                 twin = self._measured_twin(pending.candidate)
                 if twin is not None:
                     self._reuse(pending, twin)
@@ -617,6 +716,57 @@ class StudyRunner:
                 return stop_reason or TRIALS_DONE
             self._collect(dispatcher, timeout=1.0)
 
+    def _pool_step(self, prepared: Prepared, dispatcher: Dispatcher, eval_digest: str,
+                   eval_ref: Any, stop_reason: str | None) -> bool:
+        """One turn of the loop with builds on builder nodes: ask for as many candidates as
+        free builders and agents can absorb (a builder is free, and fewer candidates wait
+        for an agent than the free agents plus the builders), then collect what finished.
+        True when a candidate was asked for."""
+        assert self._builds is not None
+        absorb = dispatcher.free_slots() + self._builds.free_slots() + len(self._building)
+        if stop_reason is None and self._builds.free_slots() > 0 and \
+                len(self._building) + len(self._ready) < max(1, absorb):
+            asked = self._ask_next(prepared)
+            if asked is None:  # the other drivers took the rest of the budget
+                self._budget_spent = True
+                return False
+            self._await_in_flight_twin(asked, dispatcher, eval_digest, eval_ref)
+            twin = self._measured_twin(asked.candidate)
+            if twin is not None:
+                self._reuse(asked, twin)
+                self._repeats += 1
+                return True
+            self._repeats = 0
+            self._building[asked.trial.number] = asked
+            with self.clock.phase(BUILD):
+                self._builds.submit(asked.trial.number, asked.candidate,
+                                    self.workspace.bundle_dir(asked.trial.number))
+            self._collect_builds(timeout=0.0)
+            return True
+        self._collect_builds(timeout=0.0)
+        self._dispatch_ready(dispatcher, eval_digest, eval_ref)
+        self._collect(dispatcher, timeout=0.2 if self._building or self._pending else 0.0)
+        self._collect_builds(timeout=0.2 if self._building else 0.0)
+        return False
+
+    def _collect_builds(self, timeout: float) -> None:
+        """Builds that finished on builder nodes: ready for an agent, or a FAILED trial."""
+        if self._builds is None or not self._building:
+            return
+        with self.clock.phase(WAIT):
+            finished: list[BuildDone] = self._builds.poll(timeout=timeout)
+        for done in finished:
+            pending = self._building.pop(done.key)
+            if done.built is None:
+                self._fail(pending, f"build failed: {done.error}")
+                continue
+            pending.built = done.built
+            pending.trial.set_user_attr("bundle", self.workspace.relative(done.built.directory))
+            pending.trial.set_user_attr("bundle_digest", done.built.digest)
+            if done.builder_id:
+                pending.trial.set_user_attr("builder", done.builder_id)
+            self._ready.append(pending)
+
     def _dispatch_ready(self, dispatcher: Dispatcher, eval_digest: str, eval_ref: Any) -> None:
         while self._ready and dispatcher.free_slots() > 0:
             self._submit(dispatcher, self._ready.pop(0), eval_digest, eval_ref)
@@ -627,20 +777,38 @@ class StudyRunner:
         self._pending[pending.trial.number] = pending
         dispatcher.submit(pending.trial.number, self._request(pending, eval_digest, eval_ref))
 
-    def _await_in_flight_twin(self, candidate: Candidate, dispatcher: Dispatcher,
+    def _await_in_flight_twin(self, pending: _Pending, dispatcher: Dispatcher,
                               eval_digest: str, eval_ref: Any) -> None:
-        """Let an in-flight trial of the same candidate finish, so that it can be reused."""
-        key = candidate.to_dict()
+        """Let an in-flight trial of the same candidate finish, so that it can be reused: one
+        of this driver's, or (shared storage) an earlier one another driver runs."""
+        key = pending.candidate.to_dict()
 
         def twin_in_flight() -> bool:
             return any(p.candidate.to_dict() == key
-                       for p in (*self._pending.values(), *self._ready))
+                       for p in (*self._pending.values(), *self._ready,
+                                 *self._building.values()))
 
-        while twin_in_flight():
-            self._dispatch_ready(dispatcher, eval_digest, eval_ref)
-            if not self._pending:  # nothing can finish (no agent): build and measure anew
+        def twin_elsewhere() -> bool:
+            mine = {pending.trial.number, *self._pending, *(p.trial.number for p in self._ready)}
+            return self.storage.shared and any(
+                r.state == "RUNNING" and r.number < pending.trial.number
+                and r.number not in mine and dict(r.candidate) == key for r in self.records())
+
+        m = self.config.measurement
+        give_up = time.monotonic() + m.timeout_s * (m.retries + 1)
+        while True:
+            if twin_in_flight():
+                self._collect_builds(timeout=0.0)
+                self._dispatch_ready(dispatcher, eval_digest, eval_ref)
+                if not self._pending and not self._building:  # nothing can finish (no
+                    return                                    # agent): build and measure anew
+                self._collect(dispatcher, timeout=1.0 if not self._building else 0.2)
+                self._collect_builds(timeout=0.2 if self._building else 0.0)
+            elif twin_elsewhere() and time.monotonic() < give_up and not self._stop.requested:
+                self._collect(dispatcher, timeout=SHARED_POLL_S)
+                self._reload()
+            else:
                 return
-            self._collect(dispatcher, timeout=1.0)
 
     def _collect(self, dispatcher: Dispatcher, timeout: float) -> None:
         with self.clock.phase(WAIT):

@@ -80,8 +80,9 @@ def token_mode() -> None:
 
 def _restart_session_cluster() -> None:
     """Bring back the local cluster of tests/conftest.py's session fixture."""
-    start_ray(None, num_cpus=os.cpu_count() or 2,
-              resources={device_resource("local"): 4, device_resource("test"): 4})
+    from tests.conftest import session_resources
+
+    start_ray(None, num_cpus=os.cpu_count() or 2, resources=session_resources())
 
 
 @pytest.fixture(scope="module")
