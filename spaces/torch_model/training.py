@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,23 @@ def _feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],
     return loss
 
 
+#: ``cpu`` keeps training on the CPU on a machine whose torch has CUDA (``auto``: CUDA there).
+TRAIN_DEVICE_ENV = "PARETOEDGE_TRAIN_DEVICE"
+
+
+def training_device() -> torch.device:
+    """Where training and finetuning run: CUDA where this node's torch has it (a build node
+    with a GPU), unless ``PARETOEDGE_TRAIN_DEVICE=cpu``; else the CPU."""
+    wanted = os.environ.get(TRAIN_DEVICE_ENV, "auto")
+    if wanted not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{TRAIN_DEVICE_ENV}={wanted!r}: expected auto, cpu or cuda")
+    if wanted == "cpu" or (wanted == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{TRAIN_DEVICE_ENV}=cuda, but this torch has no CUDA device")
+    return torch.device("cuda")
+
+
 def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
                 settings: TrainSettings | FinetuneSettings,
                 teacher: StagedModel | None = None,
@@ -81,6 +99,12 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
     """
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
+    device = training_device()
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    if teacher_channels is not None:
+        teacher_channels = [c.to(device) if c is not None else None for c in teacher_channels]
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     n = len(inputs)
@@ -100,7 +124,8 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
         teacher.eval()
         if distills and not hints:
             with torch.no_grad():
-                chunks = [teacher(inputs[i:i + 512]) for i in range(0, n, 512)]
+                chunks = [[t.cpu() for t in teacher(inputs[i:i + 512].to(device))]
+                          for i in range(0, n, 512)]
             teacher_logits = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
     tau = settings.distill_temperature
     model.train()
@@ -111,8 +136,8 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
             if step >= plan.total_steps:
                 break
             index = order[start:start + settings.batch_size]
-            batch, target = inputs[index], labels[index]
-            loss = torch.zeros(())
+            batch, target = inputs[index].to(device), labels[index].to(device)
+            loss = torch.zeros((), device=device)
             teacher_out: list[torch.Tensor] | None = None
             if hints:
                 assert teacher is not None and teacher_channels is not None
@@ -124,7 +149,7 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
             else:
                 outputs = model(batch)
                 if teacher_logits is not None:
-                    teacher_out = [t[index] for t in teacher_logits]
+                    teacher_out = [t[index].to(device) for t in teacher_logits]
             for k, (weight, logits) in enumerate(zip(weights, outputs, strict=True)):
                 term = F.cross_entropy(logits, target)
                 if distills and teacher_out is not None:
@@ -138,7 +163,9 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
             optimizer.step()
             schedule.step()
             step += 1
-    return model.eval()
+    if teacher is not None:
+        teacher.cpu()
+    return model.cpu().eval()  # pruning, export and quantization run on the CPU
 
 
 @torch.no_grad()

@@ -243,3 +243,22 @@ def test_feature_weight_is_in_the_dict_only_when_set() -> None:
     assert FinetuneSettings().to_dict()["distill_features"] == 1.0
     with pytest.raises(BuildError, match="distill_features"):
         FinetuneSettings(distill_features=-1.0)
+
+
+def test_training_runs_on_cuda_only_where_this_torch_has_it(monkeypatch) -> None:
+    """A build node whose torch has CUDA finetunes there (``auto``); ``cpu`` keeps it on the
+    CPU; asking for ``cuda`` without a device, or for something else, is an error. The model
+    always comes back on the CPU (pruning, export and quantization run there)."""
+    from spaces.torch_model.training import TRAIN_DEVICE_ENV, training_device
+
+    monkeypatch.setenv(TRAIN_DEVICE_ENV, "cpu")
+    assert training_device().type == "cpu"
+    monkeypatch.setenv(TRAIN_DEVICE_ENV, "auto")
+    assert training_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv(TRAIN_DEVICE_ENV, "tpu")
+    with pytest.raises(ValueError, match="expected auto, cpu or cuda"):
+        training_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(TRAIN_DEVICE_ENV, "cuda")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            training_device()
