@@ -273,15 +273,18 @@ def ui(workdir: WorkdirOption = Path("runs"),
     from search.cli.ui_command import experiment_links, serve_until_stopped, start_ui
 
     server = start_ui(workdir, port=port)
-    console.print(f"MLflow UI: {server.url}  (store {workdir.resolve() / 'mlflow.db'}; "
-                  f"Ctrl-C stops it)", markup=False, highlight=False)
-    for name, link in experiment_links(workdir, server.url):
-        console.print(f"{name}: {link}", markup=False, highlight=False, soft_wrap=True)
-    for journal in sorted(workdir.resolve().glob("*/journal.log")):
-        console.print(f"Optuna dashboard of {journal.parent.name}: optuna-dashboard {journal}",
-                      markup=False, highlight=False)
-    sys.stdout.flush()
-    serve_until_stopped(server)
+
+    def announce() -> None:
+        console.print(f"MLflow UI: {server.url}  (store {workdir.resolve() / 'mlflow.db'}; "
+                      f"Ctrl-C stops it)", markup=False, highlight=False)
+        for name, link in experiment_links(workdir, server.url):
+            console.print(f"{name}: {link}", markup=False, highlight=False, soft_wrap=True)
+        for journal in sorted(workdir.resolve().glob("*/journal.log")):
+            console.print(f"Optuna dashboard of {journal.parent.name}: optuna-dashboard "
+                          f"{journal}", markup=False, highlight=False)
+        sys.stdout.flush()
+
+    serve_until_stopped(server, announce)
 
 
 @app.command()

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,10 +132,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve_until_stopped(server: UiServer) -> None:
-    """Block until the server exits, Ctrl-C or SIGTERM; then stop it."""
+def serve_until_stopped(server: UiServer, announce: Callable[[], None] = lambda: None) -> None:
+    """``announce()`` (e.g. print the URL), then block until the server exits, Ctrl-C or
+    SIGTERM; then stop it. SIGTERM is handled from before the announcement: whoever reads the
+    URL and then stops this process stops the server with it."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        announce()
         server.process.wait()
     except KeyboardInterrupt:
         pass

@@ -101,7 +101,7 @@ def test_a_failed_build_is_a_failed_trial(write_config, tmp_path, monkeypatch) -
 
     real = TorchBuilder.graphs
 
-    def graphs(self, pruned, quantization, cascade):
+    def graphs(self, pruned, quantization, cascade, **options):
         if cascade:
             raise BuildError("exporter exploded")
         return real(self, pruned, quantization, cascade)
