@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agents.bundle import bundle_size_bytes, verify_bundle
+from device_agents.bundle import BundleManifest, bundle_size_bytes, verify_bundle
 from device_agents.calibration import expected_calibration_error
 from device_agents.cascade import CascadeEvaluation, CascadeRunner
 from device_agents.energy import EnergyCounter, EnergyMeter, energy_per_run, open_counters
@@ -111,6 +111,20 @@ class LoadedBundle:
     setup_s: float
 
 
+def agent_runner(directory: Path, manifest: BundleManifest, threads: int,
+                 providers: Sequence[ProviderLike], **options: Any) -> CascadeRunner:
+    """The runtime an agent times a verified bundle with: the bundle's own runtime section wins
+    over the agent's ``threads`` and ``providers`` (docs/RUNTIME.md); a provider it names that
+    this onnxruntime lacks is an error (onnxruntime would run the CPU instead, silently)."""
+    if manifest.runtime_options.providers:
+        import onnxruntime as ort
+
+        manifest.runtime_options.check_available(ort.get_available_providers())
+    chosen_threads, chosen = manifest.runtime_options.on_agent(threads, providers)
+    return CascadeRunner(directory, manifest, threads=chosen_threads, providers=chosen,
+                         **options)
+
+
 def load_and_evaluate(directory: Path, eval_set: EvalSet, protocol: MeasurementProtocol, *,
                       expected_digest: str | None, providers: Sequence[Provider]) -> LoadedBundle:
     """Open the bundle (verified against ``expected_digest``) with the peak-memory mark reset
@@ -118,16 +132,8 @@ def load_and_evaluate(directory: Path, eval_set: EvalSet, protocol: MeasurementP
     accuracy over the whole eval set, one sample at a time, end to end (every exit's too)."""
     started = time.perf_counter()
     memory = PeakMemory()
-    manifest = verify_bundle(Path(directory), expected_digest)
-    # the bundle's own runtime section wins over the agent's defaults (docs/RUNTIME.md); a
-    # provider it names that this onnxruntime lacks fails the measurement (onnxruntime would
-    # run the CPU instead, silently)
-    if manifest.runtime_options.providers:
-        import onnxruntime as ort
-
-        manifest.runtime_options.check_available(ort.get_available_providers())
-    threads, chosen = manifest.runtime_options.on_agent(protocol.threads, providers)
-    runner = CascadeRunner(directory, manifest, threads=threads, providers=chosen)
+    runner = agent_runner(directory, verify_bundle(Path(directory), expected_digest),
+                          protocol.threads, providers)
     inputs = [eval_set.inputs[i] for i in range(len(eval_set))]
     deadline = time.perf_counter() + protocol.warmup_seconds
     i = 0

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from device_agents.cascade import CascadeRunner
 from device_agents.errors import MeasurementError
 from device_agents.profiles import CPU_PROVIDER, ProviderLike
 
@@ -146,16 +145,16 @@ def profile_bundle(directory: Path, inputs: Sequence[np.ndarray] | np.ndarray, *
     """Profile ``runs`` inferences of the bundle at ``directory``, cycling through ``inputs``
     (raw samples, as the bundle's preprocessing expects them)."""
     from device_agents.bundle import bundle_digest, verify_bundle
+    from device_agents.measure import agent_runner
 
     if runs < 1 or len(inputs) == 0:
         raise MeasurementError("a profile needs at least one run and one input")
     manifest = verify_bundle(Path(directory), expected_digest)
-    # as measured: the bundle's own runtime section wins over the agent's defaults
-    threads, chosen = manifest.runtime_options.on_agent(threads, providers)
     n = len(inputs)
     with tempfile.TemporaryDirectory(prefix="paretoedge-profile-") as tmp:
-        runner = CascadeRunner(directory, manifest, threads=threads, providers=chosen,
-                               profile_prefix=str(Path(tmp) / "profile"))
+        # as measured: the same runtime as the agent's measurement
+        runner = agent_runner(directory, manifest, threads, providers,
+                              profile_prefix=str(Path(tmp) / "profile"))
         starts = runner.profiling_start_ns()
         for i in range(warmup_runs):
             runner.run(inputs[i % n])
@@ -166,7 +165,7 @@ def profile_bundle(directory: Path, inputs: Sequence[np.ndarray] | np.ndarray, *
             exits[i] = runner.run(inputs[i % n])[1]
         wall_us = (time.perf_counter_ns() - began) / 1e3 / runs
         files = runner.end_profiling()
-        plain = CascadeRunner(directory, manifest, threads=threads, providers=chosen)
+        plain = agent_runner(directory, manifest, threads, providers)
         for i in range(warmup_runs):
             plain.run(inputs[i % n])
         began = time.perf_counter_ns()

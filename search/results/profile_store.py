@@ -24,12 +24,17 @@ def read_profile(workspace: Workspace, number: int) -> OperatorProfile | None:
     return OperatorProfile.from_dict(data["profile"])
 
 
+def stored_profile_paths(workspace: Workspace) -> dict[int, Path]:
+    """Every stored profile's file, by trial number (nothing read yet)."""
+    directory = workspace.study_dir / "profiles"
+    paths = sorted(directory.glob("trial_*.json")) if directory.is_dir() else []
+    return {int(path.stem.removeprefix("trial_")): path for path in paths}
+
+
 def stored_profiles(workspace: Workspace) -> dict[int, OperatorProfile]:
     """Every stored profile of the study, by trial number."""
-    directory = workspace.study_dir / "profiles"
     found = {}
-    for path in sorted(directory.glob("trial_*.json")) if directory.is_dir() else []:
-        number = int(path.stem.removeprefix("trial_"))
+    for number in stored_profile_paths(workspace):
         profile = read_profile(workspace, number)
         if profile is not None:
             found[number] = profile

@@ -12,7 +12,7 @@ the MLflow mirror logs it on the trial's run (a table and a bar chart).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 from device_agents import BundlePayload, EvalSetPayload, OperatorProfile, ProfileRequest
 from search.errors import SearchError
@@ -51,13 +51,6 @@ def profile_records(records: Sequence[TrialRecord], workspace: Workspace, profil
         write_profile(workspace, record, profile)
         profiles[record.number] = profile
     return profiles
-
-
-def profile_summary(profile: OperatorProfile) -> dict[str, Any]:
-    """The figures a note or a table quotes: shares of the wall time per part."""
-    parts = profile.by_part()
-    total = sum(parts.values()) or 1.0
-    return {part: {"us": value, "share": value / total} for part, value in parts.items()}
 
 
 def profile_stored_study(workspace: Workspace, number: int, *, runs: int | None = None,

@@ -213,17 +213,22 @@ class MlflowMirror:
         """Per-operator profiles (``<study>/profiles``) the trials' runs do not hold yet: a
         table (CSV and JSON) and a bar chart under ``profile/``."""
         from search.results.profile_report import profile_csv, profile_html
-        from search.results.profile_store import profile_path, stored_profiles
+        from search.results.profile_store import read_profile, stored_profile_paths
         from search.workspace import Workspace
 
         workspace = Workspace(snapshot.workdir, snapshot.study)
         logged = 0
-        for number, profile in stored_profiles(workspace).items():
+        for number, path in stored_profile_paths(workspace).items():
             child = store.children.get(number)
-            stamp = profile_path(workspace, number).stat().st_mtime_ns
-            key = f"{profile.bundle_digest[:16]}:{stamp}"
-            if child is None or child.profiled == key:
+            if child is None:
                 continue
+            key_stamp = f":{path.stat().st_mtime_ns}"
+            if child.profiled.endswith(key_stamp):
+                continue  # logged already: not read again at every sync
+            profile = read_profile(workspace, number)
+            if profile is None:
+                continue
+            key = f"{profile.bundle_digest[:16]}{key_stamp}"
             title = f"{snapshot.study} trial {number}: time per inference by operator"
             files: dict[str, str | bytes] = {
                 "profile/operators.csv": profile_csv(profile),
