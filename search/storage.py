@@ -61,12 +61,14 @@ def without_password(url: str) -> str:
 
 
 def open_journal(journal: Path) -> Any:
-    """Optuna's journal storage on the file ``journal`` (created with its folder)."""
+    """Optuna's journal storage on the file ``journal`` (created with its folder), fsynced
+    once per finished trial (:class:`search.journal_file.SyncedJournalFile`)."""
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+
+    from search.journal_file import SyncedJournalFile
 
     journal.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(journal)))
+    return JournalStorage(SyncedJournalFile(journal))
 
 
 def _lock_key(study: str) -> int:

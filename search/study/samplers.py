@@ -53,9 +53,11 @@ def tpe(seed: int, trials: int) -> Any:
 
 
 def nsga2(seed: int, trials: int) -> Any:
-    import optuna
+    """NSGA-II (:mod:`search.study.nsga2_sampler`: its search space stays cheap with many
+    trials in flight)."""
+    from search.study.nsga2_sampler import IncrementalNSGAIISampler
 
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(20, max(4, trials)))
+    return IncrementalNSGAIISampler(seed=seed, population_size=min(20, max(4, trials)))
 
 
 class TpeThenNsga2:
