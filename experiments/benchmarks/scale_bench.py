@@ -15,7 +15,9 @@ simulated work, and what the sampler costs as a study grows.
    study loop does). Reported: the agents' busy share (their measuring time over agents x the
    window from the first measurement's start to the last one's end; goal >= 90 %), trials per
    minute (and measured trials per minute: a reused twin costs nothing), the driver's CPU per
-   trial (``time.process_time``) and its ask + tell time per trial. It drives the sampler and
+   trial (``time.process_time``), its ask + tell time per trial, and the agents one driver
+   core would feed at that CPU per trial (derived: ``1000 / cpu_ms`` trials a second, the
+   measured share of them going to agents of ``--measure-s`` each). It drives the sampler and
    a dispatch of its own (the study loop's asking rule with builder nodes,
    ``StudyRunner._pool_step``), not the study loop: the loop's bookkeeping
    (trial log, display, MLflow) is not in these numbers.
@@ -120,6 +122,14 @@ class FleetResult:
     agent_nodes: int
     builder_nodes: int
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def agents_one_core_feeds(self) -> float:
+        """Agents of this measurement time that the driver's CPU per trial could keep busy if
+        the driver had a core of its own (a derived figure: 1,000 / CPU ms trials a second,
+        of which the measured share go to agents, each taking one per ``measure_s``)."""
+        per_s = 1000.0 / self.driver_cpu_ms_per_trial
+        return per_s * (self.measured / self.trials) * self.measure_s
 
 
 @dataclass
@@ -333,14 +343,14 @@ def fleet_table(results: list[FleetResult]) -> Table:
                   title_justify="left")
     for name in ("sampler", "agents", "builders", "measure s", "build s", "trials",
                  "reused", "busy share", "trials/min", "measured/min", "driver CPU ms/trial",
-                 "ask+tell ms/trial"):
+                 "ask+tell ms/trial", "agents 1 core feeds"):
         table.add_column(name, justify="left" if name == "sampler" else "right")
     for r in results:
         table.add_row(r.sampler, str(r.agents), str(r.builders), f"{r.measure_s:g}",
                       f"{r.build_s:g}", str(r.trials), str(r.reused), f"{100 * r.busy_share:.1f} %",
                       f"{r.trials_per_min:.0f}", f"{r.measured_per_min:.0f}",
                       f"{r.driver_cpu_ms_per_trial:.1f}",
-                      f"{r.ask_tell_ms_per_trial:.1f}")
+                      f"{r.ask_tell_ms_per_trial:.1f}", f"{r.agents_one_core_feeds:.0f}")
     return table
 
 
@@ -398,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             costs.append(ask_tell_cost(args.workdir, name, size, args.cost_asks))
     console.print(cost_table(costs))
     out = args.workdir / "scale_bench.json"
-    out.write_text(json.dumps({"fleet": [asdict(r) for r in fleet], "sampler_cost": costs,
+    out.write_text(json.dumps({"fleet": [{**asdict(r),
+                                          "agents_one_core_feeds": r.agents_one_core_feeds}
+                                         for r in fleet], "sampler_cost": costs,
                                "tpe_trials_max": TPE_TRIALS_MAX,
                                "args": {k: str(v) for k, v in vars(args).items()},
                                "cores": os.cpu_count(),
