@@ -132,6 +132,7 @@ class SyncedJournalFile(BaseJournalBackend):
         self._lock_path = self.path.with_name(self.path.name + ".flock")
         self._syncer: _Syncer | None = None
         self._syncer_pid = 0
+        self._read_to = (0, -1)  # (the next log number, the file's size) after the last read
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -151,7 +152,16 @@ class SyncedJournalFile(BaseJournalBackend):
         return self._syncer
 
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
-        yield from self._reader.read_logs(log_number_from)
+        # Optuna reads the journal before every operation of a study: a file of the size it
+        # had when the last read ended holds nothing new, and a stat is cheaper than reading
+        size = os.stat(self.path).st_size
+        if (log_number_from, size) == self._read_to:
+            return
+        number = log_number_from
+        for log in self._reader.read_logs(log_number_from):
+            number += 1
+            yield log
+        self._read_to = (number, size)  # the reader read at least ``size`` bytes
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"

@@ -151,3 +151,15 @@ def test_operations_of_running_trials_are_fsynced_within_the_interval(
     while backend.syncs == before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert backend.syncs > before
+
+
+def test_what_another_writer_appends_is_read_at_the_next_operation(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.log"
+    ours = optuna.create_study(study_name="s", storage=open_journal(journal))
+    ours.optimize(_objective, n_trials=2)
+    assert len(ours.trials) == 2  # read to the end of the file
+    theirs = optuna.load_study(study_name="s",
+                               storage=JournalStorage(JournalFileBackend(str(journal))))
+    theirs.optimize(_objective, n_trials=3)
+    assert len(ours.trials) == 5
+    assert ours.ask().number == 5
