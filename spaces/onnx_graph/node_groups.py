@@ -75,6 +75,20 @@ def assign_nodes(nodes: Iterable, groups: LayerGroups, *, kind: int,
     return assigned
 
 
+def module_inputs(nodes: Iterable, *, kind: int, num_stages: int) -> dict[str, list[str]]:
+    """The input activations of every compute node, by the module path of its layer (the
+    StagedModel's, as :func:`model_path` translates it): ``{"stages.0.0": ["input"]}``.
+
+    How the ranges a quantization-aware finetune learned at a module's input become the
+    ranges of the graph's tensors (``TensorQuantOverrides``)."""
+    found: dict[str, list[str]] = {}
+    for node in nodes:
+        path = model_path(scope_path(node.name), kind, num_stages)
+        if path is not None and node.op_type in COMPUTE_OPS and node.input:
+            found.setdefault(path, []).append(node.input[0])
+    return found
+
+
 def group_operators(nodes: Iterable, assignment: Mapping[str, str | None]) -> dict[str, list[str]]:
     """Compute op types (Conv, Gemm, MatMul, ...) of each group's nodes, with repeats."""
     found: dict[str, list[str]] = {}

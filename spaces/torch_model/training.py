@@ -84,7 +84,8 @@ def training_device() -> torch.device:
 def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
                 settings: TrainSettings | FinetuneSettings,
                 teacher: StagedModel | None = None,
-                teacher_channels: Sequence[torch.Tensor | None] | None = None) -> StagedModel:
+                teacher_channels: Sequence[torch.Tensor | None] | None = None,
+                freeze_batchnorm: bool = False) -> StagedModel:
     """Train every head jointly (cross-entropy, plus KL to ``teacher`` when distilling).
 
     ``x`` is preprocessed input; the model is trained in place and returned in eval mode. With a
@@ -96,6 +97,9 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
     With ``distill_features`` > 0 and ``teacher_channels`` (the channels each stage kept, see
     :func:`spaces.torch_model.pruning.kept_stage_channels`), each stage's output also learns to
     reproduce the teacher's at those channels; the teacher then runs alongside, batch by batch.
+    With ``freeze_batchnorm`` every BatchNorm stays in eval mode (its running statistics fixed,
+    its affine parameters trained): the quantization-aware finetune fake-quantizes weights
+    folded with those statistics (:mod:`spaces.torch_model.fake_quant`).
     """
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -129,6 +133,10 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
             teacher_logits = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
     tau = settings.distill_temperature
     model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     step = 0
     while step < plan.total_steps and n > 0:
         order = torch.randperm(n, generator=generator)
