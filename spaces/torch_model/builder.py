@@ -331,6 +331,16 @@ class TorchBuilder:
         return ranges
 
     # -- bundle -------------------------------------------------------------------------------
+    def _qat_provenance(self, candidate: Candidate, pruned: _Pruned) -> dict[str, Any]:
+        """The manifest's ``qat`` (only for a QAT candidate): its int8 groups, and the input
+        range each fake-quantized module learned (what the export used)."""
+        if not candidate.qat:
+            return {}
+        return {"qat": {"int8_groups": list(self.qat_groups(candidate)),
+                        **FakeQuantSpec.of(self.settings.quant).to_dict(),
+                        "activation_ranges": {m: [lo, hi] for m, lo, hi in
+                                              pruned.activation_ranges}}}
+
     def _exit_policy(self, candidate: Candidate, temperatures: tuple[float, ...]) -> ExitPolicy:
         """Thresholds, per-exit temperatures (validation-fitted), confidence and fallback."""
         return ExitPolicy(thresholds=candidate.exit_thresholds, temperatures=temperatures,
@@ -371,10 +381,7 @@ class TorchBuilder:
                         "build": self.settings.to_dict(), "versions": self._versions,
                         "baseline_key": self.trained.key, "pruning_history": pruned.history,
                         "exits": dict(self.trained.exits) or {"source": "declared"},
-                        "qat": ({"int8_groups": list(self.qat_groups(candidate)),
-                                 "activation_ranges": {m: [lo, hi] for m, lo, hi in
-                                                       pruned.activation_ranges}}
-                                if candidate.qat else None),
+                        **self._qat_provenance(candidate, pruned),
                         "pruning": {"key": pruned.key,
                                     "stage_ratios": list(candidate.stage_ratios(
                                         self.num_stages)),
