@@ -101,6 +101,12 @@ def test_the_export_takes_the_learned_input_ranges(builder: TorchBuilder, bundle
     scale, zero, _, _ = qparams(torch.tensor(low), torch.tensor(high), "uint8", False)
     assert float(values[quantize_input.input[1]]) == pytest.approx(float(scale), rel=1e-5)
     assert int(values[quantize_input.input[2]]) == int(zero)
+    pooled = next(n for n in graph.node if n.op_type == "GlobalAveragePool")
+    quantize_pooled = next(n for n in graph.node if n.op_type == "QuantizeLinear"
+                           and n.input[0] == pooled.output[0])
+    low, high = ranges["heads.2.2"]  # the head's Linear reads the pooled features (Flatten)
+    scale, _, _, _ = qparams(torch.tensor(low), torch.tensor(high), "uint8", False)
+    assert float(values[quantize_pooled.input[1]]) == pytest.approx(float(scale), rel=1e-5)
     manifest = verify_bundle(bundles["qat"].directory, bundles["qat"].digest)
     assert manifest.provenance["candidate"]["qat"] is True
     assert manifest.provenance["qat"]["int8_groups"] == ["stage0", "stage1", "stage2"]
