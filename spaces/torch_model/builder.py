@@ -34,6 +34,7 @@ from spaces.settings import BuildSettings, FinetuneSettings
 from spaces.torch_model.baseline import TrainedModel
 from spaces.torch_model.export import INPUT_NAME, export_model
 from spaces.torch_model.fake_quant import (
+    BN_FREEZE_AT,
     FakeQuantSpec,
     attach_fake_quant,
     recalibrate_batchnorm,
@@ -237,7 +238,8 @@ class TorchBuilder:
                                          self._qat_modules(result.model, qat_groups),
                                          FakeQuantSpec.of(s.quant), self.example)
             train_model(result.model, train_x, train_y, ft, teacher=teacher,
-                        teacher_channels=channels, freeze_batchnorm=fake is not None)
+                        teacher_channels=channels,
+                        freeze_batchnorm_at=BN_FREEZE_AT if fake is not None else None)
             if fake is not None:
                 ranges = fake.remove()
                 qat = {"int8_groups": list(qat_groups), "modules": list(fake.modules),

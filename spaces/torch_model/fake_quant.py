@@ -8,8 +8,10 @@ Conv2d/Linear of those groups:
   *exported* weight: the exporter folds a BatchNorm that directly follows a convolution into
   it, so the folded weight ``w * gamma / sqrt(var + eps)`` is what is fake-quantized (int8
   symmetric: ``scale = max|w| / 127``, as ``compute_scale_zp`` in onnxruntime), then divided
-  back by the BatchNorm's factor; the BatchNorm must stay in eval mode while it trains
-  (``train_model(..., freeze_batchnorm=True)``) so that the factor is the one exported;
+  back by the BatchNorm's factor (its running statistics); the BatchNorms train as usual for
+  the first :data:`BN_FREEZE_AT` of the steps (the running statistics follow the changing
+  weights), then stay in eval mode (``train_model(..., freeze_batchnorm_at=BN_FREEZE_AT)``),
+  so that the rest of the finetune trains with exactly the factor that is exported;
 - its input, per tensor, with the target's activation type (uint8 asymmetric on x86, int8
   asymmetric on ARM), from a moving-average min/max observer (the ranges are learned in
   training mode, frozen in eval mode).
@@ -42,6 +44,8 @@ _RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 _SYMMETRIC_RANGES = {"int8": (-127, 127)}
 #: the moving average of the observers (torch.ao's default averaging constant)
 MOMENTUM = 0.01
+#: the share of the finetune's steps after which the BatchNorms are frozen (eval mode)
+BN_FREEZE_AT = 0.5
 _TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -71,7 +75,7 @@ class FakeQuantSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"activation_type": self.activation_type, "weight_type": self.weight_type,
-                "per_channel": self.per_channel}
+                "per_channel": self.per_channel, "bn_freeze_at": BN_FREEZE_AT}
 
 
 def qparams(rmin: torch.Tensor, rmax: torch.Tensor, dtype: str, symmetric: bool
@@ -238,7 +242,7 @@ def attach_fake_quant(model: nn.Module, paths: Iterable[str], spec: FakeQuantSpe
 
     Example:
         >>> fq = attach_fake_quant(model, ["stages.0.0"], FakeQuantSpec(), x)  # doctest: +SKIP
-        >>> train_model(model, ..., freeze_batchnorm=True)  # doctest: +SKIP
+        >>> train_model(model, ..., freeze_batchnorm_at=BN_FREEZE_AT)  # doctest: +SKIP
         >>> ranges = fq.remove()  # doctest: +SKIP
     """
     chosen = tuple(quantizable_modules(model, paths))

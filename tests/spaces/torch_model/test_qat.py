@@ -160,7 +160,7 @@ def test_fake_quant_is_removed_before_export(trained, example: torch.Tensor) -> 
                           "heads.2.2")
     assert fq.folded == ("stages.0.0", "stages.1.0", "stages.2.0")  # conv -> BatchNorm
     model.train()
-    for module in model.modules():  # as train_model(freeze_batchnorm=True)
+    for module in model.modules():  # as train_model(freeze_batchnorm_at=...) once frozen
         if isinstance(module, nn.BatchNorm2d):
             module.eval()
     model(example)  # the observers see a batch
@@ -193,3 +193,19 @@ def test_folded_weight_quant_matches_onnxruntime_grid() -> None:
     step = folded.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
     assert torch.allclose(folded / step, torch.round(folded / step), atol=1e-4)
     assert not torch.equal(model[0].weight, reference[0].weight)
+
+
+@pytest.mark.parametrize("freeze_at", [0.0, 0.5])
+def test_batchnorm_statistics_freeze_at_a_share_of_the_steps(trained, small_digits: DataSplits,
+                                                             freeze_at: float) -> None:
+    from spaces import FinetuneSettings
+    from spaces.torch_model.training import train_model
+
+    model = trained.fresh()
+    before = model.stages[0][1].running_mean.clone()
+    settings = FinetuneSettings(steps=4, batch_size=16, distill_alpha=0.0, distill_features=0)
+    x = small_digits.preprocess(small_digits.train_x)
+    train_model(model, x, small_digits.train_y, settings, freeze_batchnorm_at=freeze_at)
+    assert torch.equal(model.stages[0][1].running_mean, before) == (freeze_at == 0.0)
+    assert model.stages[0][1].num_batches_tracked == trained.fresh().stages[0][
+        1].num_batches_tracked + int(freeze_at * 4)
