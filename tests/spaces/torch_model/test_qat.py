@@ -178,20 +178,29 @@ def test_fake_quant_is_removed_before_export(trained, example: torch.Tensor) -> 
                for a, b in zip(fake, baked, strict=True))
 
 
-def test_folded_weight_quant_matches_onnxruntime_grid() -> None:
+@pytest.mark.parametrize("spec", [FakeQuantSpec(activation_type="int8"),
+                                  FakeQuantSpec(per_channel=False),
+                                  FakeQuantSpec(weight_type="uint8")])
+def test_folded_weight_quant_matches_onnxruntime_grid(spec: FakeQuantSpec) -> None:
     conv, norm = nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3).eval()
     with torch.no_grad():
         norm.running_var.uniform_(0.5, 2.0)
         norm.weight.uniform_(0.5, 1.5)
     model = nn.Sequential(conv, norm)
     reference = copy.deepcopy(model)
-    fq = attach_fake_quant(model, ["0"], FakeQuantSpec(activation_type="int8"),
-                           torch.randn(1, 2, 5, 5))
+    fq = attach_fake_quant(model, ["0"], spec, torch.randn(1, 2, 5, 5))
     fq.remove()
     factor = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).view(-1, 1, 1, 1)
     folded = (model[0].weight * factor).detach()
-    step = folded.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
-    assert torch.allclose(folded / step, torch.round(folded / step), atol=1e-4)
+    dims = (1, 2, 3) if spec.per_channel else (0, 1, 2, 3)
+    low = torch.clamp(folded.amin(dim=dims, keepdim=True), max=0)
+    high = torch.clamp(folded.amax(dim=dims, keepdim=True), min=0)
+    if spec.weight_type == "int8":  # symmetric, as onnxruntime quantizes signed weights
+        step, zero = torch.maximum(-low, high) / 127, torch.zeros_like(low)
+    else:
+        step = (high - low) / 255
+        zero = torch.round(-low / step)
+    assert torch.allclose(folded / step + zero, torch.round(folded / step + zero), atol=1e-3)
     assert not torch.equal(model[0].weight, reference[0].weight)
 
 
