@@ -34,10 +34,9 @@ from spaces.settings import BuildSettings, FinetuneSettings
 from spaces.torch_model.baseline import TrainedModel
 from spaces.torch_model.export import INPUT_NAME, export_model
 from spaces.torch_model.fake_quant import (
-    BN_FREEZE_AT,
+    QAT_START,
     FakeQuantSpec,
     attach_fake_quant,
-    recalibrate_batchnorm,
 )
 from spaces.torch_model.module_groups import operators_by_group, stage_groups
 from spaces.torch_model.pruning import (
@@ -231,15 +230,14 @@ class TorchBuilder:
             channels = (kept_stage_channels(self.trained.fresh(), result.history, self.example)
                         if ft.distill_features > 0 else None)
             fake = None
-            if qat_groups:
-                recalibrate_batchnorm(result.model, torch.from_numpy(train_x),
-                                      batch_size=ft.batch_size, seed=ft.seed)
+            if qat_groups:  # off for the first QAT_START of the steps, then on
                 fake = attach_fake_quant(result.model,
                                          self._qat_modules(result.model, qat_groups),
-                                         FakeQuantSpec.of(s.quant), self.example)
+                                         FakeQuantSpec.of(s.quant), self.example,
+                                         enabled=False)
             train_model(result.model, train_x, train_y, ft, teacher=teacher,
                         teacher_channels=channels,
-                        freeze_batchnorm_at=BN_FREEZE_AT if fake is not None else None)
+                        on_share=(QAT_START, fake.start) if fake is not None else None)
             if fake is not None:
                 ranges = fake.remove()
                 qat = {"int8_groups": list(qat_groups), "modules": list(fake.modules),

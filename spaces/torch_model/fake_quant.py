@@ -8,13 +8,16 @@ Conv2d/Linear of those groups:
   *exported* weight: the exporter folds a BatchNorm that directly follows a convolution into
   it, so the folded weight ``w * gamma / sqrt(var + eps)`` is what is fake-quantized (int8
   symmetric: ``scale = max|w| / 127``, as ``compute_scale_zp`` in onnxruntime), then divided
-  back by the BatchNorm's factor (its running statistics); the BatchNorms train as usual for
-  the first :data:`BN_FREEZE_AT` of the steps (the running statistics follow the changing
-  weights), then stay in eval mode (``train_model(..., freeze_batchnorm_at=BN_FREEZE_AT)``),
-  so that the rest of the finetune trains with exactly the factor that is exported;
+  back by the BatchNorm's factor (its running statistics), which must stay in eval mode while
+  it trains so that the factor trained with is the one exported;
 - its input, per tensor, with the target's activation type (uint8 asymmetric on x86, int8
   asymmetric on ARM), from a moving-average min/max observer (the ranges are learned in
   training mode, frozen in eval mode).
+
+Fake quantization starts switched off (``enabled=False``): the finetune then runs in float with
+the BatchNorms training for its first :data:`QAT_START` of the steps, and
+:meth:`FakeQuantization.start` (``train_model(..., on_share=(QAT_START, fq.start))``) freezes
+the BatchNorms and switches fake quantization on for the rest.
 
 Gradients are straight-through (``torch.fake_quantize_per_channel_affine`` /
 ``torch.fake_quantize_per_tensor_affine``). :meth:`FakeQuantization.remove` bakes the
@@ -44,8 +47,9 @@ _RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 _SYMMETRIC_RANGES = {"int8": (-127, 127)}
 #: the moving average of the observers (torch.ao's default averaging constant)
 MOMENTUM = 0.01
-#: the share of the finetune's steps after which the BatchNorms are frozen (eval mode)
-BN_FREEZE_AT = 0.5
+#: the share of the finetune's steps run in float before fake quantization starts (and the
+#: BatchNorms freeze)
+QAT_START = 0.5
 _TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -75,7 +79,7 @@ class FakeQuantSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"activation_type": self.activation_type, "weight_type": self.weight_type,
-                "per_channel": self.per_channel, "bn_freeze_at": BN_FREEZE_AT}
+                "per_channel": self.per_channel, "qat_start": QAT_START}
 
 
 def qparams(rmin: torch.Tensor, rmax: torch.Tensor, dtype: str, symmetric: bool
@@ -100,14 +104,23 @@ def qparams(rmin: torch.Tensor, rmax: torch.Tensor, dtype: str, symmetric: bool
     return scale.float(), zero.to(torch.int32), qmin, qmax
 
 
+@dataclass
+class Switch:
+    """Whether fake quantization is on (shared by the weights and the inputs of a model)."""
+
+    on: bool = True
+
+
 class FoldedWeightQuant(nn.Module):
     """The parametrization of a weight: fake-quantized as exported (folded with the BatchNorm
     after it, if any), then unfolded again so that the BatchNorm applies its factor."""
 
-    def __init__(self, norm: nn.BatchNorm2d | None, spec: FakeQuantSpec) -> None:
+    def __init__(self, norm: nn.BatchNorm2d | None, spec: FakeQuantSpec,
+                 switch: Switch | None = None) -> None:
         super().__init__()
         self._norm = (norm,)  # not a submodule: the BatchNorm stays where the model has it
         self.spec = spec
+        self.switch = switch or Switch()
 
     def _factor(self, weight: torch.Tensor) -> torch.Tensor | None:
         norm = self._norm[0]
@@ -120,6 +133,8 @@ class FoldedWeightQuant(nn.Module):
         return factor.view(-1, *([1] * (weight.dim() - 1)))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.switch.on:
+            return weight
         factor = self._factor(weight)
         folded = weight if factor is None else weight * factor
         symmetric = self.spec.weight_type == "int8"
@@ -207,8 +222,17 @@ class FakeQuantization:
     model: nn.Module
     modules: tuple[str, ...]
     folded: tuple[str, ...]
+    switch: Switch = field(default_factory=Switch)
     observers: dict[str, ActivationObserver] = field(default_factory=dict)
     _handles: list[Any] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Freeze every BatchNorm (eval mode: the statistics the weights are folded with stay
+        those exported) and switch fake quantization on."""
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        self.switch.on = True
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         """The learned input range of each fake-quantized module, by module path."""
@@ -237,12 +261,15 @@ def quantizable_modules(model: nn.Module, paths: Iterable[str]) -> list[str]:
 
 
 def attach_fake_quant(model: nn.Module, paths: Iterable[str], spec: FakeQuantSpec,
-                      example: torch.Tensor) -> FakeQuantization:
-    """Fake-quantize the weights and inputs of the Conv2d/Linear modules at ``paths``.
+                      example: torch.Tensor, *, enabled: bool = True) -> FakeQuantization:
+    """Fake-quantize the weights and inputs of the Conv2d/Linear modules at ``paths``
+    (``enabled=False``: attached but off until :meth:`FakeQuantization.start`). Keep the
+    BatchNorms in eval mode while it is on (:meth:`FakeQuantization.start` does).
 
     Example:
-        >>> fq = attach_fake_quant(model, ["stages.0.0"], FakeQuantSpec(), x)  # doctest: +SKIP
-        >>> train_model(model, ..., freeze_batchnorm_at=BN_FREEZE_AT)  # doctest: +SKIP
+        >>> fq = attach_fake_quant(model, ["stages.0.0"], FakeQuantSpec(), x,
+        ...                        enabled=False)  # doctest: +SKIP
+        >>> train_model(model, ..., on_share=(QAT_START, fq.start))  # doctest: +SKIP
         >>> ranges = fq.remove()  # doctest: +SKIP
     """
     chosen = tuple(quantizable_modules(model, paths))
@@ -252,41 +279,21 @@ def attach_fake_quant(model: nn.Module, paths: Iterable[str], spec: FakeQuantSpe
     norms = _following_norms(model, example)
     modules = dict(model.named_modules())
     result = FakeQuantization(model=model, modules=chosen,
-                              folded=tuple(p for p in chosen if p in norms))
+                              folded=tuple(p for p in chosen if p in norms),
+                              switch=Switch(on=enabled))
     for path in chosen:
         module = modules[path]
         parametrize.register_parametrization(module, "weight",
-                                             FoldedWeightQuant(norms.get(path), spec))
+                                             FoldedWeightQuant(norms.get(path), spec,
+                                                               result.switch))
         observer = ActivationObserver(spec.activation_type)
         result.observers[path] = observer
 
         def pre_hook(mod: nn.Module, args: tuple[Any, ...],
                      observer: ActivationObserver = observer) -> tuple[Any, ...]:
+            if not result.switch.on:
+                return args
             return (observer(args[0], mod.training), *args[1:])
 
         result._handles.append(module.register_forward_pre_hook(pre_hook))
     return result
-
-
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, *, batch_size: int,
-                          batches: int = 50, seed: int = 0) -> None:
-    """Re-estimate every BatchNorm's running statistics on up to ``batches`` batches of ``x``
-    (a pruned model's are those of the unpruned one), before they are frozen for QAT."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or len(x) == 0:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    model.train()
-    with torch.no_grad():
-        for k in range(batches):
-            index = order[k * batch_size:(k + 1) * batch_size]
-            if len(index) == 0:
-                break
-            model(x[index])
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()

@@ -204,17 +204,23 @@ def test_folded_weight_quant_matches_onnxruntime_grid(spec: FakeQuantSpec) -> No
     assert not torch.equal(model[0].weight, reference[0].weight)
 
 
-@pytest.mark.parametrize("freeze_at", [0.0, 0.5])
-def test_batchnorm_statistics_freeze_at_a_share_of_the_steps(trained, small_digits: DataSplits,
-                                                             freeze_at: float) -> None:
+@pytest.mark.parametrize("start_at", [0.0, 0.5])
+def test_fake_quant_starts_at_a_share_of_the_steps(trained, small_digits: DataSplits,
+                                                   example: torch.Tensor,
+                                                   start_at: float) -> None:
     from spaces import FinetuneSettings
     from spaces.torch_model.training import train_model
 
     model = trained.fresh()
-    before = model.stages[0][1].running_mean.clone()
+    norm = model.stages[0][1]
+    tracked = int(norm.num_batches_tracked)
+    fq = attach_fake_quant(model, ["stages.0.0"], FakeQuantSpec(), example, enabled=False)
+    with torch.no_grad():  # attached but off: the model computes as before
+        assert all(torch.equal(a, b) for a, b in zip(model(example), trained.fresh()(example),
+                                                      strict=True))
     settings = FinetuneSettings(steps=4, batch_size=16, distill_alpha=0.0, distill_features=0)
     x = small_digits.preprocess(small_digits.train_x)
-    train_model(model, x, small_digits.train_y, settings, freeze_batchnorm_at=freeze_at)
-    assert torch.equal(model.stages[0][1].running_mean, before) == (freeze_at == 0.0)
-    assert model.stages[0][1].num_batches_tracked == trained.fresh().stages[0][
-        1].num_batches_tracked + int(freeze_at * 4)
+    train_model(model, x, small_digits.train_y, settings, on_share=(start_at, fq.start))
+    assert fq.switch.on and not norm.training
+    assert int(norm.num_batches_tracked) == tracked + int(start_at * 4)  # frozen from there
+    assert fq.observers["stages.0.0"].seen
