@@ -14,8 +14,8 @@ Conv2d/Linear of those groups:
   asymmetric on ARM), from a moving-average min/max observer (the ranges are learned in
   training mode, frozen in eval mode).
 
-Fake quantization starts switched off (``enabled=False``): the finetune then runs in float with
-the BatchNorms training for its first :data:`QAT_START` of the steps, and
+The builder attaches it switched off (``enabled=False``): the finetune runs in float with the
+BatchNorms training for its first :data:`QAT_START` of the steps, then
 :meth:`FakeQuantization.start` (``train_model(..., on_share=(QAT_START, fq.start))``) freezes
 the BatchNorms and switches fake quantization on for the rest.
 
@@ -24,8 +24,9 @@ Gradients are straight-through (``torch.fake_quantize_per_channel_affine`` /
 fake-quantized weights into the plain modules (what onnxruntime then quantizes without further
 loss) and returns the learned input ranges by module path, for
 ``TensorQuantOverrides`` at export (:func:`spaces.onnx_graph.node_groups.module_inputs`).
-torch.ao.quantization is not used: it is deprecated in favour of torchao, and its observers
-and fused Conv-BN modules would not match onnxruntime's folded per-channel layout anyway.
+torch.ao.quantization is not used: its ``prepare_qat`` is marked deprecated in torch 2.13 (in
+favour of torchao), and its eager-mode modules would not reproduce onnxruntime's layout (the
+BatchNorm-folded per-channel weights, its ``compute_scale_zp``) anyway.
 """
 
 from __future__ import annotations
