@@ -18,7 +18,10 @@ run beside other work; torch uses one thread.
 
 The builds are cached in ``<workdir>/cache`` (the study's cache: a workdir whose fp32 model
 is trained is not trained again; finetunes already there are reused); bundles go to
-``<workdir>/qat_bench/``; the results to ``<workdir>/qat_bench/qat_bench.json``.
+``<workdir>/<name>/`` (``--name``, default ``qat_bench``); the results to
+``<workdir>/<name>/qat_bench.json``. ``--quantization per_channel=false`` (repeatable) changes
+a key of the config's ``quantization`` section, e.g. to compare where post-training int8 loses
+more.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ratios", default="0.375,0.5,0.625",
                         help="comma-separated pruning ratios")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--quantization", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the config's quantization section (a YAML "
+                             "value), e.g. per_channel=false; repeatable")
+    parser.add_argument("--name", default="qat_bench",
+                        help="the folder under the workdir for the bundles and the JSON")
     return parser.parse_args(argv)
 
 
@@ -60,17 +68,22 @@ def accuracies(directory: Path, data: Any) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
+    import yaml
 
-    from search.config import load_config
+    from search.config import parse_config
     from search.study.preparation import prepare
     from spaces import Candidate
 
     torch.set_num_threads(args.threads)
-    config = load_config(args.config)
+    raw = yaml.safe_load(args.config.read_text())
+    for item in args.quantization:
+        key, _, value = item.partition("=")
+        raw.setdefault("quantization", {})[key] = yaml.safe_load(value)
+    config = parse_config(raw, str(args.config), args.config.resolve().parent)
     cache = args.workdir / "cache"
     prepared = prepare(config, cache)
     builder, data = prepared.builder, prepared.data
-    out_dir = args.workdir / "qat_bench"
+    out_dir = args.workdir / args.name
     groups = len(builder.groups)
     ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
 
@@ -103,6 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                      prune_ratio=ratio, qat=True))
         rows.append({"ratio": ratio, "fp32": fp32, "ptq": ptq, "qat": qat})
     return {"config": str(args.config), "workdir": str(args.workdir), "ratios": ratios,
+            "quantization_overrides": list(args.quantization),
             "finetune": builder.settings.finetune.to_dict(),
             "quant": builder.settings.quant.to_dict(), "baseline_key": builder.model_key,
             "baseline": baseline, "rows": rows}
@@ -130,7 +144,7 @@ def report(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = run(args)
-    write_json(args.workdir / "qat_bench", "qat_bench", results)
+    write_json(args.workdir / args.name, "qat_bench", results)
     report(results)
     return 0
 
