@@ -15,7 +15,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -197,6 +199,21 @@ class QuantizationConfig(_Strict):
     seed_from_sensitivity: bool = Field(
         False, description="enqueue mixed configurations from 'paretoedge sensitivity' at start")
     seed_trials: int = Field(4, ge=1, le=100)
+    qat: list[StrictBool] = Field(
+        [False], description="quantization-aware finetuning of candidates with int8 groups: "
+                             "[false], [true] or [false, true] (searched, Optuna param 'qat')")
+
+    @field_validator("qat")
+    @classmethod
+    def _qat_values(cls, value: list[bool], info: ValidationInfo) -> list[bool]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must list false and/or true, each once, e.g. [false, true]")
+        offered = set(info.data.get("precisions") or ()).union(
+            *(info.data.get("group_precisions") or {}).values())
+        if True in value and "int8" not in offered:
+            raise ValueError("true needs int8 among quantization.precisions (or "
+                             "group_precisions): QAT finetunes the int8 groups")
+        return value
 
     @field_validator("precisions")
     @classmethod
@@ -554,6 +571,9 @@ class StudyConfig(_Strict):
                     raise ValueError(f"{key}: needs the model's PyTorch code (model.factory); "
                                      f"an ONNX model searches quantization and runtime "
                                      f"options only")
+            if True in self.quantization.qat:
+                raise ValueError("quantization.qat: quantization-aware finetuning needs the "
+                                 "model's PyTorch code (model.factory), not model.onnx")
         return self
 
     @property

@@ -17,6 +17,8 @@ _KNOBS_AND_FACTS: tuple[MetricName, ...] = (
     MetricName("exit_threshold_", "", "", "threshold of exit k"),
     MetricName("early_exit", "", "", "1 when the bundle is a cascade with exits"),
     MetricName("int8_groups", "", "groups", "layer groups at int8"),
+    MetricName("qat", "", "", "1 when the int8 groups were finetuned quantization-aware "
+               "(absent otherwise)"),
     MetricName("graph_optimization_level", "", "", "onnxruntime's level: 0 disabled, 1 basic, "
                "2 extended, 3 layout, 4 all (runtime knobs only)"),
     MetricName("intra_op_threads", "", "threads", "the bundle's intra-op threads (runtime knob)"),

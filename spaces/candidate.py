@@ -45,6 +45,10 @@ class Candidate:
     #: ``""``: built with the study's finetune (screening); ``"full"``: promoted to the long
     #: finetune (``pruning.finetune_full``). Left out of ``to_dict`` when empty.
     fidelity: str = ""
+    #: quantization-aware finetuning: the finetune fake-quantizes the int8 groups and their
+    #: export takes the learned ranges (docs/QUANTIZATION.md); only with an int8 group. Left
+    #: out of ``to_dict`` when False, so older candidate dicts and keys are unchanged.
+    qat: bool = False
     #: runtime knobs (``spaces/runtime_space.py``, docs/RUNTIME.md), each left out of
     #: ``to_dict`` at its default (today's behaviour) so older candidate dicts read and write
     #: the same: onnxruntime's graph optimization level, intra-op threads (0: the agent's),
@@ -55,6 +59,11 @@ class Candidate:
     intra_op_threads: int = 0
     provider: str = ""
     static_shape: bool | None = None
+
+    @property
+    def int8_groups(self) -> tuple[int, ...]:
+        """The indices of the layer groups at int8 (static QDQ)."""
+        return tuple(k for k, p in enumerate(self.quantization) if p == "int8")
 
     @property
     def early_exit(self) -> bool:
@@ -74,6 +83,8 @@ class Candidate:
             data["stage_prune_ratios"] = list(self.stage_prune_ratios)
         if self.fidelity:
             data["fidelity"] = self.fidelity
+        if self.qat:
+            data["qat"] = True
         data.update(self.runtime_dict())
         return data
 
@@ -107,6 +118,7 @@ class Candidate:
                    stage_prune_ratios=tuple(float(r)
                                             for r in data.get("stage_prune_ratios", ())),
                    fidelity=str(data.get("fidelity", "")),
+                   qat=bool(data.get("qat", False)),
                    graph_optimization=str(data.get("graph_optimization",
                                                    DEFAULT_GRAPH_OPTIMIZATION)),
                    intra_op_threads=int(data.get("intra_op_threads", 0)),
@@ -123,9 +135,11 @@ class Candidate:
         prune = ("/".join(f"{r:g}" for r in self.stage_prune_ratios) if self.stage_prune_ratios
                  else f"{self.prune_ratio:g}")
         fidelity = f" [{self.fidelity}-ft]" if self.fidelity else ""
+        qat = " qat" if self.qat else ""
         runtime = "".join(f" {_RUNTIME_LABELS[key]}={value}"
                           for key, value in self.runtime_dict().items())
-        return f"{'/'.join(self.quantization)} prune={prune}{fidelity} {exits}{runtime}"
+        return (f"{'/'.join(self.quantization)}{qat} prune={prune}{fidelity} {exits}"
+                f"{runtime}")
 
 
 _RUNTIME_LABELS = {"graph_optimization": "opt", "intra_op_threads": "threads",

@@ -10,6 +10,8 @@ from spaces.errors import SpaceError
 from spaces.precisions import ALL_PRECISIONS, PRECISIONS, WEIGHT_ONLY_BITS
 
 MATMUL_OPS = ("Gemm", "MatMul")
+#: the Optuna param of quantization-aware finetuning (sampled for candidates with int8 groups)
+QAT_PARAM = "qat"
 
 
 class UnsupportedPrecisionError(SpaceError):
@@ -51,7 +53,10 @@ class QuantizationSpace:
 
     ``choices`` narrows the precisions per group (pairs of group name and precisions); groups
     not listed get ``precisions``. Build it with :meth:`for_operators` so that no group is
-    offered a precision its operators cannot execute.
+    offered a precision its operators cannot execute. ``qat`` holds the values quantization-
+    aware finetuning may take (``quantization.qat``): ``(False, True)`` makes it the Optuna
+    param ``qat``, sampled only for a candidate with at least one int8 group; a single value
+    applies to every such candidate; a candidate without int8 is never QAT.
 
     Example:
         >>> space = QuantizationSpace.for_operators(
@@ -63,8 +68,12 @@ class QuantizationSpace:
     groups: tuple[str, ...]
     precisions: tuple[str, ...] = PRECISIONS
     choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    qat: tuple[bool, ...] = (False,)
 
     def __post_init__(self) -> None:
+        if not self.qat or len(set(self.qat)) != len(self.qat):
+            raise SpaceError(f"quantization.qat: {list(self.qat)} must list false and/or true, "
+                             f"each once")
         if not self.groups:
             raise SpaceError("quantization: no layer groups")
         unknown = set(self.precisions) - set(ALL_PRECISIONS)
@@ -82,7 +91,8 @@ class QuantizationSpace:
     @classmethod
     def for_operators(cls, operators: Mapping[str, Sequence[str]], *,
                       precisions: Sequence[str] = PRECISIONS,
-                      overrides: Mapping[str, Sequence[str]] | None = None) -> QuantizationSpace:
+                      overrides: Mapping[str, Sequence[str]] | None = None,
+                      qat: Sequence[bool] = (False,)) -> QuantizationSpace:
         """The space for groups with these compute operators (group -> op types, in order).
 
         A precision of ``precisions`` that a group cannot execute is not offered to it; one
@@ -105,7 +115,8 @@ class QuantizationSpace:
             else:
                 options = tuple(p for p in precisions if why_not_runnable(p, ops) is None)
             choices.append((group, options or ("fp32",)))
-        return cls(groups=groups, precisions=tuple(precisions), choices=tuple(choices))
+        return cls(groups=groups, precisions=tuple(precisions), choices=tuple(choices),
+                   qat=tuple(qat))
 
     def choices_for(self, group: str) -> tuple[str, ...]:
         return dict(self.choices).get(group, self.precisions)
@@ -128,3 +139,18 @@ class QuantizationSpace:
     def suggest(self, trial: Any) -> tuple[str, ...]:
         return tuple(trial.suggest_categorical(f"quant_{g}", list(self.choices_for(g)))
                      for g in self.groups)
+
+    @property
+    def searches_qat(self) -> bool:
+        """Whether quantization-aware finetuning is an Optuna param (both values listed)."""
+        return len(self.qat) > 1
+
+    def suggest_qat(self, trial: Any, quantization: Sequence[str]) -> bool:
+        """Whether a candidate of these precisions is finetuned quantization-aware: the
+        param ``qat`` when searched, else the one value listed; False without an int8
+        group (the param is then not sampled)."""
+        if "int8" not in quantization:
+            return False
+        if self.searches_qat:
+            return bool(trial.suggest_categorical(QAT_PARAM, list(self.qat)))
+        return self.qat[0]

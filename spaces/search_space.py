@@ -45,5 +45,6 @@ class SearchSpace:
         thresholds, confidence = self.exits.suggest(trial)
         return Candidate(quantization=quantization, prune_ratio=prune_ratio,
                          stage_prune_ratios=stage_prune_ratios,
+                         qat=self.quantization.suggest_qat(trial, quantization),
                          exit_thresholds=thresholds, exit_confidence=confidence,
                          **self.runtime.suggest(trial))

@@ -31,6 +31,8 @@ def trial_metrics(measurement: Measurement, candidate: Candidate, build_info: Ma
         for k, threshold in enumerate(candidate.exit_thresholds):
             metrics[f"exit_threshold_{k}"] = threshold
     metrics["int8_groups"] = float(sum(q == "int8" for q in candidate.quantization))
+    if candidate.qat:  # quantization-aware finetune (left out otherwise, as before it existed)
+        metrics["qat"] = 1.0
     # the runtime knobs (docs/RUNTIME.md): the level always (all, 4, unless searched)
     metrics["graph_optimization_level"] = float(
         GRAPH_OPTIMIZATION_LEVELS.index(candidate.graph_optimization))

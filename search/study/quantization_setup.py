@@ -54,7 +54,8 @@ def quantization_space(config: StudyConfig, operators: Mapping[str, Sequence[str
     q = config.quantization
     try:
         space = QuantizationSpace.for_operators(operators, precisions=tuple(q.precisions),
-                                                overrides=q.group_precisions)
+                                                overrides=q.group_precisions,
+                                                qat=tuple(q.qat))
     except UnsupportedPrecisionError as exc:
         raise ConfigError(f"quantization.group_precisions.{exc.group}: {exc}") from exc
     except SpaceError as exc:

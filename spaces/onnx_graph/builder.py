@@ -131,9 +131,11 @@ class OnnxBuilder:
         return dict(self._operators)
 
     def _check(self, candidate: Candidate) -> None:
-        if candidate.prune_ratio or candidate.stage_prune_ratios or candidate.exit_thresholds:
+        if (candidate.prune_ratio or candidate.stage_prune_ratios or candidate.exit_thresholds
+                or candidate.qat):
             raise BuildError(f"{candidate.describe()}: an ONNX model is searched in "
-                             f"quantization only, and runtime knobs (no pruning, no exits)")
+                             f"quantization only, and runtime knobs (no pruning, no exits, "
+                             f"no quantization-aware finetune)")
         if candidate.static_shape is False and not self.dynamic_input:
             raise BuildError(f"{candidate.describe()}: {self.source.name}'s input is static; "
                              f"there is no dynamic batch axis to keep")

@@ -51,7 +51,9 @@ def quantize_graph(source: Path, target: Path, *, precisions: Mapping[str, str],
                    groups: LayerGroups, kind: int, num_stages: int,
                    calibration: np.ndarray, settings: QuantSettings,
                    input_name: str = "input",
-                   assign: NodeAssigner | None = None) -> dict[str, str | None]:
+                   assign: NodeAssigner | None = None,
+                   tensor_ranges: Mapping[str, tuple[float, float]] | None = None
+                   ) -> dict[str, str | None]:
     """Write ``source`` with each group at its precision to ``target``.
 
     ``precisions`` maps group names to precisions; ``kind`` is the graph kind of
@@ -60,7 +62,9 @@ def quantize_graph(source: Path, target: Path, *, precisions: Mapping[str, str],
     int8 quantization, by node name (for reports and tests). ``assign`` maps nodes onto the
     groups (default: through the torch exporter's scope names,
     :func:`~spaces.onnx_graph.node_groups.assign_nodes`; a graph given as a file has its own,
-    :meth:`~spaces.onnx_graph.graph_groups.GraphGroups.assign`).
+    :meth:`~spaces.onnx_graph.graph_groups.GraphGroups.assign`). ``tensor_ranges`` are
+    ranges of tensors (by name) that replace the calibrated ones in the int8 groups (those a
+    quantization-aware finetune learned, :func:`~spaces.onnx_graph.quantize.quantize_int8`).
     """
     import onnx
 
@@ -90,7 +94,8 @@ def quantize_graph(source: Path, target: Path, *, precisions: Mapping[str, str],
             prepared = Path(tmp) / "prepared.onnx"
             onnx.save(model, str(prepared))
             quantize_int8(prepared, Path(tmp) / "int8.onnx", calibration, settings=settings,
-                          input_name=input_name, nodes_to_exclude=excluded)
+                          input_name=input_name, nodes_to_exclude=excluded,
+                          tensor_ranges=tensor_ranges)
             model = onnx.load(str(Path(tmp) / "int8.onnx"))
     for precision, bits in WEIGHT_ONLY_BITS.items():
         model = quantize_matmul_nbits(model, set(weight_only[precision]), bits, settings)

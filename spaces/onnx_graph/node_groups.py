@@ -15,6 +15,10 @@ from spaces.layer_groups import FULL, LayerGroups
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+#: Ops that only reshape their input: onnxruntime's QDQ quantizes their output like their input.
+SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
+
+
 #: Element-wise ops that ride along with the compute node before them (fused by ORT).
 ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
                   "BatchNormalization")
@@ -73,6 +77,31 @@ def assign_nodes(nodes: Iterable, groups: LayerGroups, *, kind: int,
             producer_group[out] = group
             producer_op[out] = node.op_type
     return assigned
+
+
+def module_inputs(nodes: Iterable, *, kind: int, num_stages: int) -> dict[str, list[str]]:
+    """The input activations of every compute node, by the module path of its layer (the
+    StagedModel's, as :func:`model_path` translates it): ``{"stages.0.0": ["input"]}``.
+
+    How the ranges a quantization-aware finetune learned at a module's input become the
+    ranges of the graph's tensors (``TensorQuantOverrides``). An input made by a shape-only op
+    (a ``Flatten`` before a ``Gemm``) brings that op's input too: onnxruntime gives such an op's
+    output its input's quantization, and both hold the same values."""
+    nodes = list(nodes)
+    producers = {out: node for node in nodes for out in node.output}
+    found: dict[str, list[str]] = {}
+    for node in nodes:
+        path = model_path(scope_path(node.name), kind, num_stages)
+        if path is None or node.op_type not in COMPUTE_OPS or not node.input:
+            continue
+        tensor = node.input[0]
+        tensors = [tensor]
+        while (producer := producers.get(tensor)) is not None and \
+                producer.op_type in SHAPE_OPS and producer.input:
+            tensor = producer.input[0]
+            tensors.append(tensor)
+        found.setdefault(path, []).extend(tensors)
+    return found
 
 
 def group_operators(nodes: Iterable, assignment: Mapping[str, str | None]) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +74,13 @@ def _calibration_method(name: str):
 
 def quantize_int8(source: Path, target: Path, calibration: np.ndarray, *,
                   settings: QuantSettings, input_name: str = "input",
-                  nodes_to_exclude: Sequence[str] = ()) -> None:
-    """Static QDQ quantization of ``source`` calibrated on ``calibration`` (one row a sample)."""
+                  nodes_to_exclude: Sequence[str] = (),
+                  tensor_ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
+    """Static QDQ quantization of ``source`` calibrated on ``calibration`` (one row a sample).
+
+    ``tensor_ranges`` replaces the calibrated range of those tensors (by name) with the given
+    ``(min, max)``, e.g. the ranges a quantization-aware finetune learned (onnxruntime's
+    ``TensorQuantOverrides``); every other tensor keeps its calibrated range."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -86,13 +91,17 @@ def quantize_int8(source: Path, target: Path, calibration: np.ndarray, *,
             i = next(self._rows, None)
             return None if i is None else {input_name: calibration[i:i + 1]}
 
+    overrides = {name: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+                 for name, (low, high) in (tensor_ranges or {}).items()}
     try:
         quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=_quant_type(settings.activation_type),
                         weight_type=_quant_type(settings.weight_type),
                         per_channel=settings.per_channel,
                         calibrate_method=_calibration_method(settings.method),
-                        nodes_to_exclude=list(nodes_to_exclude) or None)
+                        nodes_to_exclude=list(nodes_to_exclude) or None,
+                        extra_options={"TensorQuantOverrides": overrides} if overrides
+                        else None)
     except Exception as exc:  # onnxruntime raises bare Exceptions on unsupported graphs
         raise BuildError(f"int8 quantization of {source.name} failed: "
                          f"{type(exc).__name__}: {exc}") from exc

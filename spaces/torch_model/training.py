@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +84,8 @@ def training_device() -> torch.device:
 def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
                 settings: TrainSettings | FinetuneSettings,
                 teacher: StagedModel | None = None,
-                teacher_channels: Sequence[torch.Tensor | None] | None = None) -> StagedModel:
+                teacher_channels: Sequence[torch.Tensor | None] | None = None,
+                on_share: tuple[float, Callable[[], None]] | None = None) -> StagedModel:
     """Train every head jointly (cross-entropy, plus KL to ``teacher`` when distilling).
 
     ``x`` is preprocessed input; the model is trained in place and returned in eval mode. With a
@@ -96,6 +97,9 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
     With ``distill_features`` > 0 and ``teacher_channels`` (the channels each stage kept, see
     :func:`spaces.torch_model.pruning.kept_stage_channels`), each stage's output also learns to
     reproduce the teacher's at those channels; the teacher then runs alongside, batch by batch.
+    ``on_share=(share, callback)`` calls ``callback`` once, before the step at that share of
+    the steps (in [0, 1]): the quantization-aware finetune starts its fake quantization there
+    and freezes the BatchNorms (:mod:`spaces.torch_model.fake_quant`).
     """
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -129,12 +133,15 @@ def train_model(model: StagedModel, x: np.ndarray, y: np.ndarray,
             teacher_logits = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
     tau = settings.distill_temperature
     model.train()
+    switch_step = None if on_share is None else int(on_share[0] * plan.total_steps)
     step = 0
     while step < plan.total_steps and n > 0:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, settings.batch_size):
             if step >= plan.total_steps:
                 break
+            if step == switch_step and on_share is not None:
+                on_share[1]()
             index = order[start:start + settings.batch_size]
             batch, target = inputs[index].to(device), labels[index].to(device)
             loss = torch.zeros((), device=device)

@@ -46,6 +46,14 @@ BASE = {"study": "s", "model": {"factory": "m.py:f"}, "data": {"loader": "m.py:d
     ({"objectives": {"accuracy": "max", "size_kb": "smallest"}}, "objectives.size_kb", "'min'"),
     ({"constraints": {"peak_mem": 64}}, "constraints", "peak_mem: not a metric"),
     ({"constraints": {"peak_mem_mb": "lots"}}, "constraints", "must be a number"),
+    ({"quantization": {"qat": ["yes"]}}, "quantization.qat.0", "valid boolean"),
+    ({"quantization": {"qat": [True, True]}}, "quantization.qat", "each once"),
+    ({"quantization": {"qat": []}}, "quantization.qat", "false and/or true"),
+    ({"quantization": {"qat": True}}, "quantization.qat", "valid list"),
+    ({"quantization": {"precisions": ["fp32", "fp16"], "qat": [False, True]}},
+     "quantization.qat", "needs int8"),
+    ({"model": {"onnx": "m.onnx"}, "quantization": {"qat": [True]}}, "quantization.qat",
+     "needs the model's PyTorch code"),
 ])
 def test_a_bad_field_is_named_in_one_line(tmp_path: Path, patch: dict, field: str,
                                           words: str) -> None:
@@ -110,3 +118,9 @@ def test_objectives_and_limits_name_any_measured_metric(tmp_path: Path) -> None:
     assert config.constraints.limits() == {"latency_p95_ms": 2.0, "peak_mem_mb": 64.0}
     assert load_config(_write(tmp_path, BASE)).objectives == {
         "accuracy": "max", "latency_p95_ms": "min", "size_kb": "min"}
+
+
+def test_qat_defaults_to_false_and_lists_the_searched_values(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, BASE)).quantization.qat == [False]
+    config = load_config(_write(tmp_path, {**BASE, "quantization": {"qat": [False, True]}}))
+    assert config.quantization.qat == [False, True]

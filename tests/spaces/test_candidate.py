@@ -15,6 +15,7 @@ from spaces.candidate import Candidate, stable_key
     Candidate(quantization=("int8", "fp32", "int8"), prune_ratio=0.375),
     Candidate(quantization=("int8", "int8", "int8"), prune_ratio=0.5,
               exit_thresholds=(0.9, 0.95)),
+    Candidate(quantization=("int8", "fp32", "int8"), prune_ratio=0.5, qat=True),
 ])
 def test_dict_round_trip_through_json(candidate: Candidate) -> None:
     data = json.loads(json.dumps(candidate.to_dict()))
@@ -62,3 +63,13 @@ def test_stable_key_is_deterministic_and_discriminating() -> None:
                                                                      {"b": 2, "a": 1})
     assert stable_key("pruned", 0.5) != stable_key("pruned", 0.25)
     assert len(stable_key("x")) == 20
+
+
+def test_qat_is_in_the_dict_and_the_label_only_when_set() -> None:
+    plain = Candidate(quantization=("int8", "fp32"), prune_ratio=0.25)
+    assert "qat" not in plain.to_dict()  # qat=false candidates keep their dicts and keys
+    qat = dataclasses.replace(plain, qat=True)
+    assert qat.to_dict() == {**plain.to_dict(), "qat": True}
+    assert qat.describe() == "int8/fp32 qat prune=0.25 no-exit"
+    assert qat.int8_groups == (0,)
+    assert Candidate.from_dict(plain.to_dict()).qat is False

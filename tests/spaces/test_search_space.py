@@ -166,3 +166,48 @@ def test_spec_rejects_bad_ranges(kwargs: dict) -> None:
 def test_spec_accepts_edges() -> None:
     SpaceSpec(groups=GROUPS, prune_ratio_max=0.95, threshold_low=0.9, threshold_high=0.9)
     SpaceSpec(groups=GROUPS, prune_ratio_max=0.0, threshold_high=1.0)
+
+
+def _qat_space(qat: tuple[bool, ...], precisions: tuple[str, ...] = PRECISIONS) -> SearchSpace:
+    return SearchSpace(quantization=QuantizationSpace(groups=GROUPS, precisions=precisions,
+                                                      qat=qat),
+                       pruning=PruningSpace(ratio_max=0.5, ratio_step=0.25))
+
+
+def _sampled(space: SearchSpace, n: int = 40) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(n):
+        trial = study.ask()
+        candidate = space.suggest(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        study.tell(trial, 0.0)
+    return study.trials
+
+
+def test_qat_is_searched_only_when_configured_and_for_int8_candidates() -> None:
+    default = _sampled(_qat_space((False,)))
+    assert not any("qat" in t.params or "qat" in t.user_attrs["candidate"] for t in default)
+    searched = _sampled(_qat_space((False, True)))
+    for t in searched:
+        candidate = Candidate.from_dict(t.user_attrs["candidate"])
+        assert ("qat" in t.params) == ("int8" in candidate.quantization)
+        assert candidate.qat == t.params.get("qat", False)
+    assert {t.params.get("qat") for t in searched} == {None, False, True}
+    always = _sampled(_qat_space((True,)))  # one value: no param, every int8 candidate QAT
+    for t in always:
+        candidate = Candidate.from_dict(t.user_attrs["candidate"])
+        assert "qat" not in t.params and candidate.qat == ("int8" in candidate.quantization)
+    no_int8 = _sampled(_qat_space((False, True), precisions=("fp32", "fp16")), n=10)
+    assert not any("qat" in t.params for t in no_int8)
+
+
+def test_qat_baseline_params_are_unchanged() -> None:
+    space = _qat_space((False, True))
+    assert "qat" not in space.baseline_params()
+    assert space.suggest(optuna.trial.FixedTrial(space.baseline_params())) == space.baseline()
+
+
+@pytest.mark.parametrize("qat", [(), (True, True)])
+def test_bad_qat_values(qat: tuple[bool, ...]) -> None:
+    with pytest.raises(SpaceError, match=r"quantization\.qat"):
+        QuantizationSpace(groups=GROUPS, qat=qat)

@@ -40,6 +40,13 @@ def test_unknown_key_and_wrong_type(write_config, tmp_path: Path) -> None:
     assert_one_line_error(paretoedge("run", str(path), cwd=tmp_path), 2, "measurement.min_runs")
 
 
+def test_a_bad_qat_value_is_exit_2(write_config, tmp_path: Path) -> None:
+    path = write_config(quantization={"qat": ["maybe"]})
+    assert_one_line_error(paretoedge("run", str(path), cwd=tmp_path), 2, "quantization.qat")
+    done = paretoedge("validate", str(path), cwd=tmp_path)
+    assert done.returncode == 2 and "quantization.qat" in done.stderr
+
+
 def test_validate_lists_every_problem(write_config, tmp_path: Path) -> None:
     path = write_config(spce=1, pruning={"ratio_max": 2.0})
     done = paretoedge("validate", str(path), cwd=tmp_path)

@@ -52,3 +52,21 @@ def test_ranked_percentiles_are_those_of_the_objectives_and_limits() -> None:
     # the mean is no percentile: with nothing else ranked, the median's interval is bounded
     assert ranked_percentiles(config(objectives={"accuracy": "max",
                                                  "latency_mean_ms": "min"})) == (50.0,)
+
+
+def test_qat_is_a_metric_only_of_qat_trials() -> None:
+    from device_agents import LatencyStats, Measurement
+    from search.metrics import METRICS as KNOWN
+    from search.study.objectives import trial_metrics
+    from spaces import Candidate
+
+    latency = LatencyStats(mean_ms=1.0, std_ms=0.01, p50_ms=1.0, p90_ms=1.0, p95_ms=1.0,
+                           p99_ms=1.0, n=500, median_ci_low_ms=1.0, median_ci_high_ms=1.0,
+                           converged=True)
+    measured = Measurement(bundle_digest="d", accuracy=0.9, n_eval=10, ece=0.0,
+                           exit_rates=(1.0,), latency=latency, size_kb=1.0, peak_mem_mb=1.0)
+    plain = Candidate(quantization=("int8", "fp32"), prune_ratio=0.5)
+    assert "qat" not in trial_metrics(measured, plain, {}, 0.9)
+    qat = Candidate(quantization=("int8", "fp32"), prune_ratio=0.5, qat=True)
+    assert trial_metrics(measured, qat, {}, 0.9)["qat"] == 1.0
+    assert "qat" in KNOWN

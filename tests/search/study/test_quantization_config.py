@@ -63,3 +63,12 @@ def test_int8_defaults_follow_the_target(device: dict, quantization: dict, targe
     settings = quant_settings(cfg)
     assert settings.activation_type == activation
     assert settings.weight_type == "int8" and settings.per_channel
+
+
+def test_qat_reaches_the_quantization_space() -> None:
+    from search.study.quantization_setup import quantization_space
+
+    operators = {"stage0": ["Conv"], "stage1": ["Conv", "Gemm"]}
+    assert quantization_space(config(), operators).qat == (False,)
+    space = quantization_space(config({"qat": [False, True]}), operators)
+    assert space.qat == (False, True) and space.searches_qat

@@ -78,6 +78,8 @@ def test_candidates_with_pruning_or_exits_or_the_wrong_groups_are_refused(builde
     with pytest.raises(BuildError, match="quantization only"):
         builder.build(Candidate(quantization=("fp32",) * 4, exit_thresholds=(0.9,)),
                       tmp_path / "e")
+    with pytest.raises(BuildError, match="no quantization-aware finetune"):
+        builder.build(Candidate(quantization=("int8",) * 4, qat=True), tmp_path / "q")
     with pytest.raises(BuildError, match="2 precisions for 4 layer groups"):
         builder.build(Candidate(quantization=("fp32", "int8")), tmp_path / "g")
     with pytest.raises(BuildError, match="cannot run int4_wo"):
