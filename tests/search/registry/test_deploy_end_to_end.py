@@ -1,8 +1,10 @@
 """Issue 16's done-when on a tiny study, through the CLI as a new user runs it: the study's
 best bundle deployed, pulled, replayed with a monitor over the test split and over noisy
 inputs (drift and events in ``paretoedge monitor``), a worse second version compared and
-refused by ``--canary``, and the alias rolled back. Real Ray agents, real MLflow on sqlite,
-real onnxruntime."""
+refused by ``--canary`` (the comparison's figures in its JSON), and the alias rolled back.
+Real Ray agents, real MLflow on sqlite, real onnxruntime. The study is a copy of the
+session's end-to-end study (``e2e_study``, also read by tests/search/cli/test_end_to_end.py),
+so that no second one is trained and run here."""
 
 from __future__ import annotations
 
@@ -30,17 +32,20 @@ def ok(done: subprocess.CompletedProcess) -> str:
     return done.stdout
 
 
-def test_deploy_pull_watch_refuse_and_roll_back(tmp_path: Path, tiny_project) -> None:
-    config = tiny_project(tmp_path, "deploy")
-    # the worse newcomer: the same data and model, trained one epoch at a tiny learning rate
+def test_deploy_pull_watch_refuse_and_roll_back(tmp_path: Path, e2e_study, tiny_project) -> None:
+    # the session's study "e2e" as its run left it: config.yaml, tiny_model.py, runs/
+    e2e_study.copy_to(tmp_path)
+    config = tmp_path / "config.yaml"
+    # the worse newcomer: the same data and model, trained one epoch at a tiny learning rate;
+    # a comparison with it is timed in the rounds of its study's confirm settings
     weak = tiny_project(tmp_path, "weak", "weak.yaml",
                         model={"factory": "tiny_model.py:build_model",
-                               "train": {"epochs": 1, "lr": 1e-4}})
-    ok(paretoedge("run", config, "--trials", 3, "--no-confirm", cwd=tmp_path))
+                               "train": {"epochs": 1, "lr": 1e-4}},
+                        confirm={"rounds": 3, "runs_per_round": 100})
     ok(paretoedge("run", weak, "--trials", 1, "--no-confirm", cwd=tmp_path))
 
     # deploy the best bundle, with an abstaining fallback, and pull it onto "the device"
-    out = ok(paretoedge("deploy", "deploy", "--name", "tiny", "--where", "latency_p95_ms < 1000",
+    out = ok(paretoedge("deploy", "e2e", "--name", "tiny", "--where", "latency_p95_ms < 1000",
                         "--maximize", "accuracy", "--fallback-below", 0.5,
                         "--fallback-action", "abstain", cwd=tmp_path))
     assert "tiny@production -> version 1" in out
@@ -62,19 +67,30 @@ def test_deploy_pull_watch_refuse_and_roll_back(tmp_path: Path, tiny_project) ->
     assert noisy.header is not None and noisy.header.reference is not None
     assert (tmp_path / "monitor.html").stat().st_size > 0
 
-    # a worse second version: compared on the device, refused by --canary, the alias stays
+    # a worse second version: compared on the device (the test split, interleaved rounds),
+    # refused by --canary, the alias stays
     refused = paretoedge("deploy", "weak", "--name", "tiny", "--maximize", "accuracy",
-                         "--canary", cwd=tmp_path)
+                         "--canary", "--format", "json", cwd=tmp_path)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith(
         "error: tiny@production stays at version 1: version 2 is registered but refused: "
         "test accuracy")
+    answer = json.loads(refused.stdout)
+    assert answer["version"] == "2" and answer["trial"] == "0" and not answer["moved"]
+    result = answer["comparison"]
+    assert result["holder"]["version"] == "1" and result["newcomer"]["version"] == "2"
+    assert result["newcomer"]["test_accuracy"] < result["holder"]["test_accuracy"] - 0.02
+    # the 200-sample test split, in the newcomer's study's rounds (confirm.rounds: 3)
+    assert result["n_test"] == 200 and result["rounds"] == 3 and not result["accuracy_ok"]
+    for side in ("holder", "newcomer"):
+        assert 0 < result[side]["p50_ms"] <= result[side]["p95_ms"]
+        assert len(result[side]["round_p95_ms"]) == 3
     out = ok(paretoedge("compare", "tiny@production", "tiny@2", "--device", "local",
                         cwd=tmp_path))
     assert "refused: tiny@2 (version 2) against tiny@production (version 1)" in out
 
     # a third version takes the alias; rolling back gives it to version 1 again
-    out = ok(paretoedge("deploy", "deploy", "--name", "tiny", "--minimize", "size_kb",
+    out = ok(paretoedge("deploy", "e2e", "--name", "tiny", "--minimize", "size_kb",
                         cwd=tmp_path))
     assert "tiny@production -> version 3 (was version 1)" in out
     out = ok(paretoedge("rollback", "tiny", cwd=tmp_path))
@@ -83,4 +99,4 @@ def test_deploy_pull_watch_refuse_and_roll_back(tmp_path: Path, tiny_project) ->
                                       cwd=tmp_path)))
     assert listed["aliases"] == {"production": "1"}
     assert [(v["study"], v["version"]) for v in listed["versions"]] == [
-        ("deploy", "1"), ("weak", "2"), ("deploy", "3")]
+        ("e2e", "1"), ("weak", "2"), ("e2e", "3")]
