@@ -4,7 +4,9 @@ inputs (drift and events in ``paretoedge monitor``), a worse second version comp
 refused by ``--canary`` (the comparison's figures in its JSON), and the alias rolled back.
 Real Ray agents, real MLflow on sqlite, real onnxruntime. The study is a copy of the
 session's end-to-end study (``e2e_study``, also read by tests/search/cli/test_end_to_end.py),
-so that no second one is trained and run here."""
+so that no second one is trained and run here. The commands that start Ray agents (``run``,
+``deploy --canary``, ``compare``) run as CLI processes; the others run the same CLI app in
+this process (Typer's runner), which spares a Python start with torch and MLflow each."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,26 @@ def paretoedge(*args: object, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
     return done
+
+
+def in_process(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """``paretoedge`` with ``args`` through the CLI app in this process, in ``cwd``, as a
+    :class:`subprocess.CompletedProcess`."""
+    from typer.testing import CliRunner
+
+    from search.cli.app import app
+
+    argv = [str(a) for a in args]
+    before = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
+    finally:
+        os.chdir(before)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, stderr)
 
 
 def ok(done: subprocess.CompletedProcess) -> str:
@@ -45,19 +68,19 @@ def test_deploy_pull_watch_refuse_and_roll_back(tmp_path: Path, e2e_study, tiny_
     ok(paretoedge("run", weak, "--trials", 1, "--no-confirm", cwd=tmp_path))
 
     # deploy the best bundle, with an abstaining fallback, and pull it onto "the device"
-    out = ok(paretoedge("deploy", "e2e", "--name", "tiny", "--where", "latency_p95_ms < 1000",
+    out = ok(in_process("deploy", "e2e", "--name", "tiny", "--where", "latency_p95_ms < 1000",
                         "--maximize", "accuracy", "--fallback-below", 0.5,
                         "--fallback-action", "abstain", cwd=tmp_path))
     assert "tiny@production -> version 1" in out
-    out = ok(paretoedge("pull", "tiny@production", "device", cwd=tmp_path))
+    out = ok(in_process("pull", "tiny@production", "device", cwd=tmp_path))
     assert "every file's sha256 verified" in out
 
     # watch it: the held-out test split, then the same inputs with noise
-    ok(paretoedge("replay", "device", "--config", config, "--telemetry", "calm.jsonl",
+    ok(in_process("replay", "device", "--config", config, "--telemetry", "calm.jsonl",
                   "--window", 100, cwd=tmp_path))
-    ok(paretoedge("replay", "device", "--config", config, "--telemetry", "noisy.jsonl",
+    ok(in_process("replay", "device", "--config", config, "--telemetry", "noisy.jsonl",
                   "--window", 100, "--shift", "noise:0.5", cwd=tmp_path))
-    out = ok(paretoedge("monitor", "calm.jsonl", "noisy.jsonl", "--against", "tiny@production",
+    out = ok(in_process("monitor", "calm.jsonl", "noisy.jsonl", "--against", "tiny@production",
                         "--html", "monitor.html", cwd=tmp_path))
     assert "against: tiny@production" in out and "confidence_drift" in out
     from device_agents import read_telemetry
@@ -90,12 +113,12 @@ def test_deploy_pull_watch_refuse_and_roll_back(tmp_path: Path, e2e_study, tiny_
     assert "refused: tiny@2 (version 2) against tiny@production (version 1)" in out
 
     # a third version takes the alias; rolling back gives it to version 1 again
-    out = ok(paretoedge("deploy", "e2e", "--name", "tiny", "--minimize", "size_kb",
+    out = ok(in_process("deploy", "e2e", "--name", "tiny", "--minimize", "size_kb",
                         cwd=tmp_path))
     assert "tiny@production -> version 3 (was version 1)" in out
-    out = ok(paretoedge("rollback", "tiny", cwd=tmp_path))
+    out = ok(in_process("rollback", "tiny", cwd=tmp_path))
     assert "tiny@production -> version 1 (was version 3)" in out
-    listed = json.loads(ok(paretoedge("deployments", "tiny", "--format", "json",
+    listed = json.loads(ok(in_process("deployments", "tiny", "--format", "json",
                                       cwd=tmp_path)))
     assert listed["aliases"] == {"production": "1"}
     assert [(v["study"], v["version"]) for v in listed["versions"]] == [
