@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +82,44 @@ def write_tiny_project(directory: Path, study: str = "tiny", name: str = "config
 def tiny_project():
     """:func:`write_tiny_project`, for fixtures of any scope."""
     return write_tiny_project
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Trials of the session's end-to-end study (the fp32 baseline included).
+E2E_TRIALS = 6
+
+
+@dataclass(frozen=True)
+class CliStudy:
+    """A tiny study run through ``paretoedge run`` (``config.yaml``, ``tiny_model.py`` and the
+    workdir ``runs`` in ``directory``), what the run printed, and a pristine copy of it."""
+
+    directory: Path
+    stdout: str
+    pristine: Path
+
+    def copy_to(self, destination: Path) -> Path:
+        """The study as the run left it (before any test touched it) in ``destination``."""
+        shutil.copytree(self.pristine, destination, dirs_exist_ok=True)
+        return destination
+
+
+@pytest.fixture(scope="session")
+def e2e_study(tmp_path_factory) -> CliStudy:
+    """One small study ``e2e`` (:data:`E2E_TRIALS` trials, confirmed and profiled at its end)
+    run once per session through the CLI as a user runs it: a real Ray agent, MLflow on
+    sqlite. The end-to-end tests read it; a test that changes a study works on
+    :meth:`CliStudy.copy_to` (a copy of the study as the run left it)."""
+    directory = tmp_path_factory.mktemp("e2e")
+    config = write_tiny_project(directory, "e2e")
+    done = subprocess.run([sys.executable, "-m", "search.cli", "run", str(config), "--trials",
+                           str(E2E_TRIALS), "--workdir", str(directory / "runs")],
+                          cwd=directory, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    pristine = tmp_path_factory.mktemp("e2e-pristine")
+    shutil.copytree(directory, pristine, dirs_exist_ok=True)
+    return CliStudy(directory, done.stdout, pristine)
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.search.conftest import E2E_TRIALS as TRIALS
+
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.e2e]
-TRIALS = 6
 
 
 def paretoedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -26,14 +27,9 @@ def paretoedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, tiny_project):
-    """Run one small study through the CLI for every assertion below."""
-    directory = tmp_path_factory.mktemp("e2e")
-    config = tiny_project(directory, "e2e")
-    done = paretoedge("run", str(config), "--trials", str(TRIALS), "--workdir",
-                      str(directory / "runs"), cwd=directory)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return directory, done.stdout
+def study(e2e_study):
+    """The session's small study, run once through the CLI, for every assertion below."""
+    return e2e_study.directory, e2e_study.stdout
 
 
 def test_the_run_prints_the_feasible_front(study) -> None:
