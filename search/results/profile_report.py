@@ -23,7 +23,7 @@ def profile_rows(profile: OperatorProfile) -> list[tuple[str, str, str, int, flo
         for op in sorted(stage, key=lambda o: -o.us):
             rows.append((str(k), op.part, op.op_type, op.nodes, op.us))
         rows.append((str(k), "gaps", "between operators", 0, gap))
-    rows.append(("-", "preprocessing", "numpy", 0, profile.preprocessing_us))
+    rows.append(("-", "preprocessing", "numpy", 0, profile.preprocessing_in_wall_us))
     rows.append(("-", "outside sessions", "python, exit tests", 0, profile.outside_us))
     return rows
 
@@ -75,7 +75,7 @@ def profile_html(profile: OperatorProfile, title: str) -> str:
         figure.add_bar(name=op_type, x=columns, y=[*values, 0.0])
     figure.add_bar(name="gaps between operators", x=columns, y=[*profile.stage_gap_us, 0.0])
     figure.add_bar(name="preprocessing", x=columns,
-                   y=[0.0] * len(stages) + [profile.preprocessing_us])
+                   y=[0.0] * len(stages) + [profile.preprocessing_in_wall_us])
     figure.add_bar(name="outside sessions (python, exit tests)", x=columns,
                    y=[0.0] * len(stages) + [profile.outside_us])
     figure.update_layout(barmode="stack", title=title, yaxis_title="us per inference",

@@ -76,6 +76,23 @@ def test_a_profile_adds_up_to_the_wall_time_and_counts_each_stages_runs(cascade_
     assert OperatorProfile.from_dict(profile.to_dict()) == profile
 
 
+def test_preprocessing_timed_above_the_time_outside_the_sessions_still_adds_up() -> None:
+    from device_agents.operator_profile import OperatorTime
+
+    # a busy machine: the separate preprocessing loop took 30 us a sample, but the profiled
+    # inferences spent only 20 us outside their sessions
+    profile = OperatorProfile(bundle_digest="d", inferences=10, wall_us=220.0,
+                              plain_wall_us=200.0, preprocessing_us=30.0,
+                              stage_session_us=(200.0,), stage_runs=(10,),
+                              operators=(OperatorTime(stage=0, part="backbone", op_type="Conv",
+                                                      nodes=2, us=150.0),),
+                              exit_rates=(1.0,))
+    parts = profile.by_part()
+    assert parts["preprocessing"] == 20.0 and parts["outside sessions"] == 0.0
+    assert parts["gaps"] == 50.0
+    assert sum(parts.values()) == pytest.approx(profile.wall_us)
+
+
 def test_a_profile_refuses_a_tampered_bundle_and_no_runs(cascade_bundle) -> None:
     directory, digest = cascade_bundle
     with pytest.raises(MeasurementError, match="at least one run"):
