@@ -95,11 +95,15 @@ class _Syncer:
                                     timeout=SYNC_INTERVAL_S)
                 target, stopping = self._written, self._stopping
             if target > self._synced:
-                fd = os.open(self.path, os.O_RDONLY)
                 try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                    fd = os.open(self.path, os.O_RDONLY)
+                except FileNotFoundError:  # the journal was removed: nothing left to keep
+                    fd = -1
+                if fd >= 0:
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
                 with self._cond:
                     self._synced = target
                     self.syncs += 1

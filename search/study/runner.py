@@ -689,7 +689,9 @@ class StudyRunner:
                 if self._pool_step(prepared, dispatcher, eval_digest, eval_ref, stop_reason):
                     continue
                 if not self._pending and not self._ready and not self._building:
-                    return stop_reason or TRIALS_DONE
+                    if stop_reason is None and self._builds.free_slots() > 0:
+                        continue  # the builds in flight all failed: ask for more
+                    return stop_reason or "no builder available"  # no slot, nothing built
                 continue
             may_build = self.config.device.builds_overlap or not self._pending
             if stop_reason is None and not self._ready and may_build:

@@ -163,3 +163,12 @@ def test_what_another_writer_appends_is_read_at_the_next_operation(tmp_path: Pat
     theirs.optimize(_objective, n_trials=3)
     assert len(ours.trials) == 5
     assert ours.ask().number == 5
+
+
+def test_a_journal_removed_before_its_fsync_ends_the_wait(tmp_path: Path) -> None:
+    backend = SyncedJournalFile(tmp_path / "journal.log")
+    study = optuna.create_study(study_name="s", storage=JournalStorage(backend))
+    study.ask()
+    (tmp_path / "journal.log").unlink()
+    backend.wait_synced()  # returns: nothing is left to sync, and the thread is still alive
+    assert backend._syncer is not None and backend._syncer._thread.is_alive()

@@ -120,6 +120,58 @@ def test_a_builder_killed_mid_build_loses_no_trial(builder_cluster, tmp_path) ->
         assert (tmp_path / "runs" / r.bundle / "manifest.json").is_file()
 
 
+class _PairedRefusals:
+    """Two build slots whose builds all fail, reported two at a time (or the last one on a
+    waiting poll): the moment when every build in flight has failed and none is measuring."""
+
+    slots = 2
+
+    def __init__(self) -> None:
+        self.held: list[int] = []
+        self.looks = 0
+
+    def free_slots(self) -> int:
+        return self.slots - len(self.held)
+
+    def in_flight(self) -> int:
+        return len(self.held)
+
+    def submit(self, key: int, candidate: Candidate, directory: Path) -> None:
+        self.held.append(key)
+
+    def poll(self, timeout: float) -> list:
+        from search.fleet.build_pool import BuildDone
+
+        if len(self.held) == 2:  # the pair fails on the second look, not at its submission
+            self.looks += 1
+        if (len(self.held) < 2 or self.looks < 2) and timeout == 0:
+            return []
+        done = [BuildDone(key, None, "channels do not divide") for key in self.held]
+        self.held, self.looks = [], 0
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+def test_builds_that_all_fail_at_once_do_not_end_the_study_early(tmp_path) -> None:
+    config = parse_config(tiny_config_dict("refused", search={"trials": 7, "seed": 0},
+                                           tracking={"mlflow": False},
+                                           confirm={"enabled": False}), "c.yaml", tmp_path)
+    measured: list[dict] = []
+    runner = StudyRunner(config, Workspace(tmp_path / "runs", "refused"),
+                         dispatcher_factory=lambda c, w: InlineDispatcher(
+                             agent_measuring(measured, 0.0)),
+                         tracker=NullTracker(), live=False, preparer=prepare_fake,
+                         build_pool_factory=lambda c, w, p: _PairedRefusals())
+    records = runner.run(RunOptions(trials=7, confirm=False)).records
+    assert sum(r.finished for r in records) == 7, [(r.number, r.state) for r in records]
+    failed = [r for r in records if r.state == "FAIL"]
+    assert failed and all(r.fail_reason == "build failed: channels do not divide"
+                          for r in failed)
+    assert len(measured) == 7 - len(failed)  # the baseline (built on the driver) and reuses
+
+
 def test_cluster_builds_need_the_address_of_a_cluster(tmp_path) -> None:
     from search.errors import ConfigError
 
