@@ -45,7 +45,8 @@ _DISCARD_TRIALS = 10
 
 
 def must_sync(log: dict[str, Any]) -> bool:
-    """Whether an operation has to be on disk before its call returns."""
+    """Whether an operation wakes the fsync thread at once (rather than within
+    :data:`SYNC_INTERVAL_S`): it ends a trial, touches the study or discards trials."""
     op = log.get("op_code")
     if op in _STUDY_OPS or op == _DISCARD_TRIALS:
         return True
@@ -98,8 +99,8 @@ class _Syncer:
                 try:
                     fd = os.open(self.path, os.O_RDONLY)
                 except FileNotFoundError:  # the journal was removed: nothing left to keep
-                    fd = -1
-                if fd >= 0:
+                    pass
+                else:
                     try:
                         os.fsync(fd)
                     finally:
