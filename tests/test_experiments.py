@@ -98,3 +98,28 @@ def test_the_checkpoint_example_starts_from_the_checkpoint_itself(tmp_path: Path
     assert not (workspace.workdir / "cache" / "baseline").exists()  # nothing was trained
     assert list((workspace.workdir / "cache" / "exit_heads").glob("*.pt"))  # heads were
     assert summary.completed == 3
+
+
+def test_the_overnight_reference_search_is_the_reference_space_with_a_long_fidelity() -> None:
+    """experiments/fashion_mnist_overnight.yaml (BENCHMARKS.md section 8) searches exactly the
+    reference study's space with its screening finetune, and adds a longer finetune over every
+    training image for the candidates the promotion rule picks."""
+    import yaml
+
+    from search.config import parse_config
+
+    def parsed(name: str):  # type: ignore[no-untyped-def]
+        return parse_config(yaml.safe_load((EXPERIMENTS / name).read_text()), name, EXPERIMENTS)
+
+    reference, overnight = parsed("fashion_mnist.yaml"), parsed("fashion_mnist_overnight.yaml")
+    for section in ("model", "data", "device", "constraints", "quantization", "early_exit",
+                    "measurement", "objectives", "runtime"):
+        assert getattr(overnight, section) == getattr(reference, section), section
+    same = ("ratio_max", "ratio_step", "per_stage", "importance", "finetune")
+    assert {k: getattr(overnight.pruning, k) for k in same} == \
+        {k: getattr(reference.pruning, k) for k in same}
+    assert reference.pruning.finetune_full is None
+    full, screen = overnight.pruning.finetune_full, overnight.pruning.finetune
+    assert full is not None and full.train_subset is None and screen.train_subset is not None
+    assert full.epochs > screen.epochs
+    assert overnight.study != reference.study  # its own study beside the reference's
