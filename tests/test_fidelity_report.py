@@ -28,14 +28,15 @@ def report() -> ModuleType:
 
 def _record(number: int, drop: float, *, ratio: float = 0.5, fidelity: str = "",
             state: str = "COMPLETE", reused_from: int | None = None, baseline: bool = False,
-            fail_reason: str | None = None) -> TrialRecord:
+            fail_reason: str | None = None, finished_at: float | None = None) -> TrialRecord:
     candidate: dict[str, Any] = {"quantization": ["int8"], "prune_ratio": ratio}
     if fidelity:
         candidate["fidelity"] = fidelity
     return TrialRecord(number=number, state=state, candidate=candidate,
                        metrics={"accuracy_drop": drop, "latency_p95_ms": 0.1 + ratio},
                        feasible=drop <= 0.01, baseline=baseline, bundle=None,
-                       bundle_digest=None, fail_reason=fail_reason, reused_from=reused_from)
+                       bundle_digest=None, fail_reason=fail_reason, reused_from=reused_from,
+                       finished_at=finished_at)
 
 
 def test_pairs_each_promoted_configuration_with_its_screened_trial(report: ModuleType) -> None:
@@ -61,3 +62,15 @@ def test_a_full_trial_without_a_screened_one_is_no_pair(report: ModuleType) -> N
     nothing: the recovered accuracy needs both measurements."""
     assert report.fidelity_pairs([_record(0, 0.0, ratio=0.0, baseline=True),
                                   _record(1, 0.005, fidelity="full")]) == []
+
+
+def test_a_study_cut_at_a_wall_time_keeps_the_trials_finished_by_then(report: ModuleType
+                                                                      ) -> None:
+    """Searches of equal wall time compare at one cut: the baseline's finish plus the time."""
+    records = [_record(0, 0.0, ratio=0.0, baseline=True, finished_at=1000.0),
+               _record(1, 0.02, finished_at=1500.0),
+               _record(2, 0.008, fidelity="full", finished_at=2799.0),
+               _record(3, 0.001, ratio=0.25, finished_at=2801.0),
+               _record(4, 0.001, ratio=0.125, state="RUNNING")]
+    assert [r.number for r in report.records_until(records, 1800.0)] == [0, 1, 2]
+    assert [r.number for r in report.records_until(records, 100.0)] == [0]

@@ -13,7 +13,8 @@ Each study confirms its front at the end (one agent, interleaved rounds, held-ou
 the table gives, per search: trials (and per fidelity), the hypervolume, and the best confirmed
 speed-up at p95 within the accuracy band (feasible on the selection split, confirmed on the
 test split). Run it with nothing else running on the machine; budgets of an hour or more per
-search on the reference model (``--timeout 1h``).
+search on the reference model (``--timeout 1h``). ``fidelity_report.py`` shows each search in
+detail, and ``fidelity_report.py --at T`` a search as it stood T after its baseline.
 
 Usage:
 
@@ -39,6 +40,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ROOT, console, copy_baseline, table, write_json
+from fidelity_report import counts
 
 sys.path.insert(0, str(ROOT))
 
@@ -81,11 +83,11 @@ def summary(workdir: Path, study: str) -> dict[str, Any]:
     records, attrs = load_records(Workspace(workdir, study))
     objectives = ObjectiveSet.of_study(attrs)
     front = ParetoFront.from_records(records, attrs["max_accuracy_drop"], objectives=objectives)
-    done = [r for r in records if r.complete and not r.reused]
+    tally = counts(records)
     confirmed = [r for r in front.members if "confirmed_speedup_p95" in r.metrics]
     top = max(confirmed, key=lambda r: r.metrics["confirmed_speedup_p95"], default=None)
-    return {"trials": len(done), "screened": sum(not r.fidelity for r in done),
-            "full_fidelity": sum(bool(r.fidelity) for r in done),
+    return {"trials": tally["measured"], "screened": tally["screened"],
+            "full_fidelity": tally["full_fidelity"],
             "hypervolume": front.hypervolume(), "front": len(front.members),
             "best_confirmed_speedup_p95": top.metrics["confirmed_speedup_p95"] if top else None,
             "best_trial": top.number if top else None,
