@@ -67,12 +67,25 @@ def variant(raw: dict[str, Any], name: str, full: dict[str, Any], base_dir: Path
         pruning["finetune"] = {**pruning.get("finetune", {}), **full}
     elif name == "multi":
         pruning["finetune_full"] = {**pruning.get("finetune", {}), **full}
+    # files relative to the original config; the Python files it names stay relative (each
+    # search's directory gets a copy of them, see copy_sources): the fp32 model's cache key
+    # holds the reference as written, so the trained model copied in is found
     for key, field in (("model", "factory"), ("data", "loader"), ("model", "checkpoint"),
-                       ("model", "onnx")):  # references relative to the original config
+                       ("model", "onnx")):
         value = config.get(key, {}).get(field)
-        if isinstance(value, str):
+        beside = field in ("factory", "loader") and "/" not in str(value)
+        if isinstance(value, str) and not beside:
             config[key][field] = absolute(value, base_dir)
     return config
+
+
+def copy_sources(base_dir: Path, workdir: Path) -> None:
+    """The Python files beside the original config (its model and data modules, and any
+    sibling they import), copied next to a search's config."""
+    import shutil
+
+    for source in base_dir.glob("*.py"):
+        shutil.copyfile(source, workdir / source.name)
 
 
 def summary(workdir: Path, study: str) -> dict[str, Any]:
@@ -115,6 +128,7 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
+        copy_sources(args.config.resolve().parent, workdir)
         if args.baseline_cache is not None:
             copy_baseline(args.baseline_cache, workdir / "cache")
         started = time.monotonic()
