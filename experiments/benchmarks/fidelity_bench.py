@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--baseline-cache", type=Path, default=None,
                         help="a workdir cache holding the trained model (copied, not trained)")
     parser.add_argument("--searches", nargs="+", choices=SEARCHES, default=list(SEARCHES))
+    parser.add_argument("--no-confirm", action="store_true",
+                        help="skip each search's confirmation (compare the searches' own "
+                             "measurements, e.g. with fidelity_report.py --at)")
     args = parser.parse_args()
     raw = yaml.safe_load(args.config.read_text())
     full = json.loads(args.full)
@@ -134,7 +137,8 @@ def main() -> None:
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "search.cli", "run", str(path),
                                "--workdir", str(workdir), "--timeout", args.timeout,
-                               "--trials", "100000"],
+                               "--trials", "100000",
+                               *(["--no-confirm"] if args.no_confirm else [])],
                               env={**os.environ, "PYTHONPATH": str(ROOT)},
                               capture_output=True, text=True)
         (workdir / "run.log").write_text(done.stdout + done.stderr)
