@@ -106,9 +106,9 @@ def test_the_overnight_reference_search_is_the_reference_space_with_a_long_fidel
     training image for the candidates the promotion rule picks."""
     import yaml
 
-    from search.config import parse_config
+    from search.config import StudyConfig, parse_config
 
-    def parsed(name: str):  # type: ignore[no-untyped-def]
+    def parsed(name: str) -> StudyConfig:
         return parse_config(yaml.safe_load((EXPERIMENTS / name).read_text()), name, EXPERIMENTS)
 
     reference, overnight = parsed("fashion_mnist.yaml"), parsed("fashion_mnist_overnight.yaml")
