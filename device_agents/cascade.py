@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device_agents.bound_stage import BoundStage
 from device_agents.bundle import BundleManifest, bundle_digest, verify_bundle
 from device_agents.calibration import expected_calibration_error
 from device_agents.deployment_spec import FALLBACK_BUNDLE_DIR
@@ -106,6 +107,11 @@ class CascadeRunner:
     ``intra_op_threads``, ``providers``; docs/RUNTIME.md): explicit ``threads`` / ``providers``
     override the bundle's; without either, 1 thread on ``CPUExecutionProvider``.
 
+    The sessions run on input and output buffers bound once (``device_agents/bound_stage.py``:
+    no allocation per inference, nothing copied between stages), so a runner serves one thread
+    at a time: open one per thread, or one with ``bind_buffers=False`` (``InferenceSession.run``
+    on new arrays every call, slower by its per-call cost) to share between threads.
+
     A deployed bundle's ``deployment.fallback`` applies in :meth:`predict`: below its
     confidence, an abstention, the default label, or the bundle at ``fallback_bundle/`` (opened
     on first use) answers. A ``monitor`` (:class:`~device_agents.monitor.Monitor`) is told every
@@ -120,7 +126,8 @@ class CascadeRunner:
 
     def __init__(self, directory: Path | str, manifest: BundleManifest, *,
                  threads: int | None = None, providers: Sequence[ProviderLike] | None = None,
-                 profile_prefix: str | None = None, monitor: Monitor | None = None) -> None:
+                 profile_prefix: str | None = None, monitor: Monitor | None = None,
+                 bind_buffers: bool = True) -> None:
         import onnxruntime as ort
 
         self.directory = Path(directory)
@@ -152,8 +159,8 @@ class CascadeRunner:
             for k, stage in enumerate(manifest.stages)
         ]
         self._input_names = [s.get_inputs()[0].name for s in self._sessions]
-        self._output_names = [[o.name for o in s.get_outputs()] for s in self._sessions]
-        for k, names in enumerate(self._output_names):
+        for k, session in enumerate(self._sessions):
+            names = [o.name for o in session.get_outputs()]
             expected = ["logits"] if k == len(self._sessions) - 1 else ["features", "logits"]
             if names != expected:
                 raise BundleError(f"{self.directory / manifest.stages[k].file}: outputs {names}, "
@@ -168,6 +175,8 @@ class CascadeRunner:
         broadcast = (1, -1) + (1,) * max(len(manifest.input.shape) - 2, 0)
         self._gain = (np.float32(pre.scale) / std).reshape(broadcast).astype(np.float32)
         self._offset = (-mean / std).reshape(broadcast).astype(np.float32)
+        #: the sessions on buffers bound once (bound_stage.py): one runner per thread
+        self._stages = BoundStage.chain(self._sessions, manifest.input.shape, bind=bind_buffers)
         self._thresholds = manifest.exits.thresholds
         self._inv_temperatures = tuple(1.0 / t for t in manifest.exits.temperatures)
         self._measure = manifest.exits.confidence
@@ -201,7 +210,7 @@ class CascadeRunner:
     def load(cls, directory: Path | str, *, threads: int | None = None,
              expected_digest: str | None = None,
              providers: Sequence[ProviderLike] | None = None,
-             monitor: Monitor | None = None) -> CascadeRunner:
+             monitor: Monitor | None = None, bind_buffers: bool = True) -> CascadeRunner:
         """Verify a bundle directory (sha256 of every file) and open its stages.
 
         ``threads`` and ``providers`` default to the manifest's ``runtime`` section (its
@@ -210,9 +219,11 @@ class CascadeRunner:
         ``providers``: onnxruntime execution providers in order of preference, each a plain
         name, a :class:`~device_agents.profiles.Provider` or its text (``NAME:key=value;...``).
         ``monitor``: told every :meth:`predict` (see :class:`~device_agents.monitor.Monitor`).
+        ``bind_buffers``: False for a runner that threads share (see the class).
         """
         manifest = verify_bundle(Path(directory), expected_digest)
-        return cls(directory, manifest, threads=threads, providers=providers, monitor=monitor)
+        return cls(directory, manifest, threads=threads, providers=providers, monitor=monitor,
+                   bind_buffers=bind_buffers)
 
     @property
     def num_stages(self) -> int:
@@ -227,8 +238,15 @@ class CascadeRunner:
         return [str(s.end_profiling()) for s in self._sessions]
 
     def preprocess(self, raw: np.ndarray) -> np.ndarray:
+        """One raw sample as the first stage takes it (a new array)."""
         batch = raw.reshape(self.manifest.input.shape)
         return batch.astype(np.float32) * self._gain + self._offset
+
+    def _preprocess_into_first_stage(self, raw: np.ndarray) -> None:
+        """:meth:`preprocess`, written into the first stage's input buffer (no allocation)."""
+        x = self._stages[0].input
+        np.multiply(raw.reshape(x.shape), self._gain, out=x, dtype=np.float32)
+        np.add(x, self._offset, out=x)
 
     def _confidence(self, k: int, logits: np.ndarray) -> float:
         """Exit ``k``'s calibrated confidence; max softmax is ``1 / sum(exp(z - max z))``,
@@ -239,19 +257,24 @@ class CascadeRunner:
         return confidence(softmax(logits * self._inv_temperatures[k]), self._measure)
 
     def _cascade(self, raw: np.ndarray, *, every_exit: bool) -> tuple[int, list[np.ndarray]]:
-        """The exit that answers, and the logits of the stages run (all with ``every_exit``)."""
-        x = self.preprocess(raw)
-        last = len(self._sessions) - 1
+        """The exit that answers, and the logits of the stages run (all with ``every_exit``).
+        The logits are views of the stages' output buffers: valid until the next call."""
+        x: np.ndarray | None = None
+        if self._stages[0].bound:
+            self._preprocess_into_first_stage(raw)
+        else:
+            x = self.preprocess(raw)
+        last = len(self._stages) - 1
         outputs: list[np.ndarray] = []
         answer: int | None = None
         best, best_confidence = last, -1.0
-        for k, session in enumerate(self._sessions):
+        for k, stage in enumerate(self._stages):
             if k == last:
-                outputs.append(session.run(None, {self._input_names[k]: x})[0][0])
+                outputs.append(stage.run(x)[0][0])
                 if answer is None and self._most_confident and self._thresholds:
                     answer = k if self._confidence(k, outputs[k]) >= best_confidence else best
                 return (last if answer is None else answer), outputs
-            features, logits = session.run(None, {self._input_names[k]: x})
+            features, logits = stage.run(x)
             outputs.append(logits[0])
             if answer is None and self._thresholds:
                 value = self._confidence(k, logits[0])
@@ -269,7 +292,7 @@ class CascadeRunner:
     def run(self, raw: np.ndarray) -> tuple[np.ndarray, int]:
         """Preprocess one raw sample and run the cascade; return (logits, exit index)."""
         exit_index, outputs = self._cascade(raw, every_exit=False)
-        return outputs[exit_index], exit_index
+        return outputs[exit_index].copy(), exit_index
 
     def predict(self, raw: np.ndarray) -> Prediction:
         """The answer for one raw sample: the cascade's, or the deployed fallback's (see the

@@ -45,14 +45,14 @@ def test_a_tiny_run_times_every_variant_in_every_round(tmp_path: Path) -> None:
         [sys.executable, str(SCRIPT), "--bundle", str(tmp_path / "bundle"), "--eval-npz",
          str(tmp_path / "eval.npz"), "--out", str(tmp_path / "out"), "--levels", "basic,all",
          "--threads", "1", "--providers", "CPU", "--rounds", "3", "--runs", "20",
-         "--warmup", "2", *(["--openvino"] if openvino else [])],
+         "--warmup", "2", "--unbound", *(["--openvino"] if openvino else [])],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "runtime knobs" in done.stdout
     result = json.loads((tmp_path / "out" / "runtime_knobs.json").read_text())
     rows = {row["variant"]: row for row in result["rows"]}
-    expected = {"default", "opt=basic", "threads=1", "ep=CPUExecutionProvider"}
+    expected = {"default", "opt=basic", "threads=1", "ep=CPUExecutionProvider", "unbound"}
     assert set(rows) == expected | ({"openvino"} if openvino else set())  # "all" is the own
     for row in rows.values():
         assert len(row["round_p50_ms"]) == 3 and row["p95_ms"] >= row["p50_ms"] > 0

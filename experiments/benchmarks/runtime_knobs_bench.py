@@ -15,6 +15,9 @@ agents time) under each variant:
   axis the bundle does not have (``static_shape`` flipped; needs ``--workdir/--study``, skipped
   with ``--no-rebuild``; the pruned models come from the study's cache, so only export and
   quantization run);
+- ``unbound``: ``CascadeRunner`` with ``bind_buffers=False``: every stage through
+  ``InferenceSession.run`` on new arrays, the runtime's per-call path before it bound its
+  buffers (``--unbound``; device_agents/bound_stage.py);
 - ``openvino``: OpenVINO's own runtime on a single-graph bundle's ``model.onnx``
   (``openvino.compile_model``, CPU, one inference thread, the latency hint), fed the same
   preprocessed samples (``--openvino``; needs ``pip install paretoedge[bench]``). A study's
@@ -71,10 +74,12 @@ def runtime_variant(directory: Path, inputs: np.ndarray, **change: Any) -> Runne
     manifest = verify_bundle(directory)
     threads = change.pop("threads", None)
     providers = change.pop("providers", None)
+    bind_buffers = change.pop("bind_buffers", True)
     if change:
         manifest = dataclasses.replace(manifest, runtime_options=dataclasses.replace(
             manifest.runtime_options, **change))
-    runner = CascadeRunner(directory, manifest, threads=threads, providers=providers)
+    runner = CascadeRunner(directory, manifest, threads=threads, providers=providers,
+                           bind_buffers=bind_buffers)
     return lambda i: int(np.argmax(runner.run(inputs[i])[0]))
 
 
@@ -214,6 +219,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", default="", help="intra-op thread counts, e.g. 2,4")
     parser.add_argument("--providers", default="", help="execution providers, e.g. XNNPACK")
     parser.add_argument("--openvino", action="store_true", help="add OpenVINO's runtime")
+    parser.add_argument("--unbound", action="store_true",
+                        help="add the runner without bound buffers (InferenceSession.run)")
     parser.add_argument("--single-graphs", type=float, default=None, metavar="RATIO",
                         help="also build the study's fp32, int8 and int8 pruned by RATIO "
                              "candidates without exits (for --openvino; 0: no pruned one)")
@@ -285,6 +292,9 @@ def main() -> None:
                                         else ["CPUExecutionProvider"])
             variants.append(Variant(name, f"ep={provider.name}",
                                     runtime_variant(directory, inputs, providers=chosen)))
+        if args.unbound:
+            variants.append(Variant(name, "unbound",
+                                    runtime_variant(directory, inputs, bind_buffers=False)))
         if name in rebuilt:
             label, path = rebuilt[name]
             variants.append(Variant(name, label, runtime_variant(path, inputs)))
