@@ -1,6 +1,7 @@
 """A tiny run of experiments/benchmarks/runtime_knobs_bench.py on a bundle directory: every
 variant is timed in every round, its ratio to the default is taken per round, and the JSON says
-so (OpenVINO's runtime too, where the bench extra is installed)."""
+so (OpenVINO's runtime too, where the bench extra is installed), and a null graph's bundle,
+the runner's own cost, is timed beside them."""
 
 from __future__ import annotations
 
@@ -45,13 +46,16 @@ def test_a_tiny_run_times_every_variant_in_every_round(tmp_path: Path) -> None:
         [sys.executable, str(SCRIPT), "--bundle", str(tmp_path / "bundle"), "--eval-npz",
          str(tmp_path / "eval.npz"), "--out", str(tmp_path / "out"), "--levels", "basic,all",
          "--threads", "1", "--providers", "CPU", "--rounds", "3", "--runs", "20",
-         "--warmup", "2", "--unbound", *(["--openvino"] if openvino else [])],
+         "--warmup", "2", "--unbound", "--null-graph", *(["--openvino"] if openvino else [])],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "runtime knobs" in done.stdout
     result = json.loads((tmp_path / "out" / "runtime_knobs.json").read_text())
-    rows = {row["variant"]: row for row in result["rows"]}
+    null = [row for row in result["rows"] if row["bundle"] == "null graph"]
+    assert {row["variant"] for row in null} >= {"default", "unbound"}
+    assert all(row["p50_ms"] > 0 for row in null)
+    rows = {row["variant"]: row for row in result["rows"] if row["bundle"] != "null graph"}
     expected = {"default", "opt=basic", "threads=1", "ep=CPUExecutionProvider", "unbound"}
     assert set(rows) == expected | ({"openvino"} if openvino else set())  # "all" is the own
     for row in rows.values():

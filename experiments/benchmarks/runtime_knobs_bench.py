@@ -18,6 +18,10 @@ agents time) under each variant:
 - ``unbound``: ``CascadeRunner`` with ``bind_buffers=False``: every stage through
   ``InferenceSession.run`` on new arrays, the runtime's per-call path before it bound its
   buffers (``--unbound``; device_agents/bound_stage.py);
+- ``--null-graph``: adds a bundle with the first bundle's input, preprocessing and classes
+  whose graph only flattens its input and slices the logits from it (two trivial operators):
+  what the runner costs per inference whatever the model, the floor under every bundle's
+  latency (timed, like the others, with its own variants);
 - ``openvino``: OpenVINO's own runtime on a single-graph bundle's ``model.onnx``
   (``openvino.compile_model``, CPU, one inference thread, the latency hint), fed the same
   preprocessed samples (``--openvino``; needs ``pip install paretoedge[bench]``). A study's
@@ -148,6 +152,39 @@ def single_graph_bundles(builder: Any, prune_ratio: float, out: Path) -> dict[st
     return bundles
 
 
+def null_graph_bundle(like: Path, out: Path) -> Path:
+    """A one-stage bundle with ``like``'s input, preprocessing and classes, whose graph only
+    flattens its input and slices the first ``num_classes`` values as the logits."""
+    import dataclasses as dc
+
+    from onnx import TensorProto, helper
+
+    from device_agents import StageSpec, read_manifest, write_bundle
+
+    manifest = read_manifest(like)
+    shape, classes = list(manifest.input.shape), manifest.num_classes
+    width = int(np.prod(shape[1:]))
+    if width < classes:
+        raise SystemExit(f"--null-graph: {like}'s input has fewer values than classes")
+    constants = [helper.make_tensor(name, TensorProto.INT64, [1], [value])
+                 for name, value in (("start", 0), ("end", classes), ("axis", 1))]
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("Slice", ["flat", "start", "end", "axis"], ["logits"])],
+        "null", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], classes])],
+        constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    null = dc.replace(manifest, stages=(StageSpec("null", "model.onnx", ""),),
+                      exits=dc.replace(manifest.exits, thresholds=(), temperatures=(1.0,)),
+                      provenance={"null_graph_of": str(like)}, disabled_optimizers=(),
+                      deployment=None)
+    directory = out / "null_graph"
+    write_bundle(directory, null, {"model.onnx": model.SerializeToString()})
+    return directory
+
+
 def accuracy(run: Runner, labels: np.ndarray) -> float:
     return float(np.mean([run(i) == labels[i] for i in range(len(labels))]))
 
@@ -219,6 +256,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", default="", help="intra-op thread counts, e.g. 2,4")
     parser.add_argument("--providers", default="", help="execution providers, e.g. XNNPACK")
     parser.add_argument("--openvino", action="store_true", help="add OpenVINO's runtime")
+    parser.add_argument("--null-graph", action="store_true",
+                        help="add a bundle whose graph does nothing: the runner's own cost")
     parser.add_argument("--unbound", action="store_true",
                         help="add the runner without bound buffers (InferenceSession.run)")
     parser.add_argument("--single-graphs", type=float, default=None, metavar="RATIO",
@@ -259,6 +298,9 @@ def main() -> None:
     bundles.update({str(path): path for path in args.bundle})
     if args.eval_samples is not None:
         inputs, labels = inputs[:args.eval_samples], labels[:args.eval_samples]
+    if args.null_graph:
+        bundles["null graph"] = null_graph_bundle(next(iter(bundles.values())),
+                                                  args.out.resolve())
 
     rebuilt: dict[str, tuple[str, Path]] = {}
     if records and (not args.no_rebuild or args.single_graphs is not None):
