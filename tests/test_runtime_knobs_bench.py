@@ -62,3 +62,5 @@ def test_a_tiny_run_times_every_variant_in_every_round(tmp_path: Path) -> None:
         assert len(row["round_p50_ms"]) == 3 and row["p95_ms"] >= row["p50_ms"] > 0
         assert row["accuracy"] == 1.0  # no knob changes the answers
     assert rows["default"]["ratio_p50"] == rows["default"]["ratio_p95"] == 1.0
+    assert rows["default"]["speedup_p95_vs_first"] == 1.0  # the first bundle's own
+    assert all(row["speedup_p95_vs_first"] > 0 for row in null)

@@ -31,8 +31,10 @@ agents time) under each variant:
 In each of ``--rounds`` rounds every (bundle, variant) pair takes a turn in rotated order:
 ``--warmup`` untimed runs, then ``--runs`` timed ones cycling through the test samples. A
 variant's figure is the median over the rounds of its p50 (p95) over the default's in the same
-round, so the host's drift between rounds cancels. Accuracy on the samples is measured once per
-variant (a knob must not change the answers). Prints the table and writes JSON:
+round, so the host's drift between rounds cancels; its speed-up is the median over the rounds of
+the first bundle's default (a study's fp32 baseline) over the variant, the same way. Accuracy
+on the samples is measured once per variant (a knob must not change the answers). Prints the
+table and writes JSON:
 
     .venv/bin/python experiments/benchmarks/runtime_knobs_bench.py --workdir runs \\
         --study digits --fastest 3 --single-graphs 0.5 --cores 1 --openvino \\
@@ -349,19 +351,25 @@ def main() -> None:
     time_rounds(variants, len(inputs), rounds=args.rounds, runs=args.runs, warmup=args.warmup)
 
     defaults = {v.bundle: v for v in variants if v.name == "default"}
+    first = variants[0]  # the first bundle's default (a study's fp32 baseline)
     rows, out = [], []
     for v in variants:
         base = defaults[v.bundle]
         r50, r95 = ratios(v, base, "p50s"), ratios(v, base, "p95s")
+        speedup50 = [1 / r for r in ratios(v, first, "p50s")]
+        speedup95 = [1 / r for r in ratios(v, first, "p95s")]
         row = {"bundle": v.bundle, "variant": v.name, "accuracy": v.accuracy,
                "p50_ms": float(np.median(v.p50s)), "p95_ms": float(np.median(v.p95s)),
                "ratio_p50": float(np.median(r50)), "ratio_p95": float(np.median(r95)),
-               "ratio_p95_range": [min(r95), max(r95)], "round_p50_ms": v.p50s,
-               "round_p95_ms": v.p95s}
+               "ratio_p95_range": [min(r95), max(r95)],
+               "speedup_p50_vs_first": float(np.median(speedup50)),
+               "speedup_p95_vs_first": float(np.median(speedup95)),
+               "round_p50_ms": v.p50s, "round_p95_ms": v.p95s}
         out.append(row)
         rows.append([v.bundle, v.name, v.accuracy, row["p50_ms"], row["p95_ms"],
                      row["ratio_p50"], row["ratio_p95"],
-                     f"{min(r95):.2f}-{max(r95):.2f}"])
+                     f"{min(r95):.2f}-{max(r95):.2f}", row["speedup_p50_vs_first"],
+                     row["speedup_p95_vs_first"]])
     console.print(table(
         f"runtime knobs: {len(bundles)} bundles x their variants, {args.rounds} interleaved "
         f"rounds of {args.runs} runs, {len(inputs)} samples"
@@ -369,7 +377,7 @@ def main() -> None:
         + " (ratio: median over rounds of the variant's over the default's in that round; "
           "< 1 is faster)",
         ["bundle", "variant", "accuracy", "p50 ms", "p95 ms", "ratio p50", "ratio p95",
-         "ratio p95 range"], rows))
+         "ratio p95 range", "speed-up p50 vs first", "speed-up p95 vs first"], rows))
     write_json(args.out, "runtime_knobs" + (f"_{args.study}" if args.study else ""),
                {"study": args.study, "rounds": args.rounds, "runs": args.runs,
                 "warmup": args.warmup, "cores": args.cores, "samples": len(inputs),
