@@ -1,12 +1,13 @@
 """One stage of a bundle, run on buffers bound once: the cascade's per-inference call.
 
 ``InferenceSession.run(None, {name: x})`` validates the feed in Python, wraps the numpy input
-in a new tensor and allocates a new numpy array for every output, on every call; for a bundle
-that runs in tens of microseconds that is a large share of its latency (docs/RUNTIME.md,
-"The runner's own cost per inference"). A :class:`BoundStage` binds its input and its outputs to numpy
-buffers once (onnxruntime's ``IOBinding``), so an inference is: write the input buffer in place,
-``run_with_iobinding``, read the output buffers. A stage's ``features`` buffer is bound as the
-next stage's input, so nothing is copied between stages.
+in a new tensor and allocates a new numpy array for every output, on every call. A
+:class:`BoundStage` binds its input and its outputs to numpy buffers once (onnxruntime's
+``IOBinding``), so an inference is: write the input buffer in place, ``run_with_iobinding``,
+read the output buffers. A stage's ``features`` buffer is bound as the next stage's input, so
+nothing is copied between stages. On the reference model that saves about 2 us per inference,
+3-5 % of the fastest bundles' latency (docs/RUNTIME.md, "The runner's own cost per
+inference").
 
 Binding needs every shape known at batch 1: the input's non-batch dimensions and every output's
 must be static in the graph (a symbolic batch axis is fine; it is bound at 1). A graph with any
