@@ -105,6 +105,25 @@ class OperatorProfile:
         return max(self.wall_us - self.preprocessing_in_wall_us - sum(self.stage_session_us),
                    0.0)
 
+    @property
+    def nodes_per_inference(self) -> float:
+        """Nodes run per inference: each stage's nodes times the share of inferences that ran
+        it."""
+        if not self.inferences:
+            return 0.0
+        return float(sum(op.nodes * self.stage_runs[op.stage] for op in self.operators)
+                     / self.inferences)
+
+    @property
+    def profiler_us_per_node(self) -> float | None:
+        """What the profiler cost per node run: the profiled wall time less the plain one,
+        over the nodes run (None without a plain timing). On small graphs it is of the order
+        of the kernels themselves, and the gaps and the time outside carry most of it."""
+        nodes = self.nodes_per_inference
+        if not self.plain_wall_us or not nodes:
+            return None
+        return max(self.wall_us - self.plain_wall_us, 0.0) / nodes
+
     def by_op_type(self) -> list[tuple[str, float]]:
         """Kernel time per operator type over every stage and part, largest first."""
         totals: dict[str, float] = defaultdict(float)

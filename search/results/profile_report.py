@@ -48,6 +48,11 @@ def profile_table(profile: OperatorProfile, title: str) -> Table:
     table.caption = (f"{profile.inferences} inferences: {profile.wall_us:.1f} us each with "
                      f"the profiler, {profile.plain_wall_us:.1f} us without (same process, "
                      f"right after); session runs {runs}; exit rates {rates}")
+    per_node = profile.profiler_us_per_node
+    if per_node is not None:
+        table.caption += (f"; the profiler's own cost: about {per_node:.1f} us per node run, "
+                          f"mostly in the gaps and outside the sessions (read the shares of "
+                          f"the kernels, and the latency from the plain timing)")
     return table
 
 

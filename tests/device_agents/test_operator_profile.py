@@ -93,6 +93,22 @@ def test_preprocessing_timed_above_the_time_outside_the_sessions_still_adds_up()
     assert sum(parts.values()) == pytest.approx(profile.wall_us)
 
 
+def test_the_profilers_cost_is_spread_over_the_nodes_each_inference_ran() -> None:
+    from device_agents.operator_profile import OperatorTime
+
+    # stage 0 (3 nodes) runs every inference, stage 1 (4 nodes) half of them: 5 nodes each
+    profile = OperatorProfile(bundle_digest="d", inferences=10, wall_us=150.0,
+                              plain_wall_us=100.0, preprocessing_us=1.0,
+                              stage_session_us=(60.0, 40.0), stage_runs=(10, 5),
+                              operators=(OperatorTime(0, "backbone", "Conv", 3, 30.0),
+                                         OperatorTime(1, "classifier", "Gemm", 4, 20.0)),
+                              exit_rates=(0.5, 0.5))
+    assert profile.nodes_per_inference == 5.0
+    assert profile.profiler_us_per_node == pytest.approx(10.0)
+    unknown = OperatorProfile.from_dict({**profile.to_dict(), "plain_wall_us": 0.0})
+    assert unknown.profiler_us_per_node is None
+
+
 def test_a_profile_refuses_a_tampered_bundle_and_no_runs(cascade_bundle) -> None:
     directory, digest = cascade_bundle
     with pytest.raises(MeasurementError, match="at least one run"):
