@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	# torch first, pinned to the CPU build: an open torch requirement can pull a CUDA build.
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[search,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[search,dev,openvino]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -31,6 +31,7 @@ from device_agents.protocol import (
     MeasureRequest,
     ProfileRequest,
 )
+from device_agents.runtime_options import available_engines
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -327,6 +328,7 @@ class LocalDeviceAgent:
                 "onnxruntime": fingerprint["onnxruntime"],
                 "providers": [p.spec for p in self.providers],
                 "available_providers": list(ort.get_available_providers()),
+                "available_engines": list(available_engines()),
                 "threads": self.threads, "measurements": self.measurements,
                 "confirmations": self.confirmations,
                 "busy": self._lock.locked(), "eval_set_fetches": self.eval_set_fetches,

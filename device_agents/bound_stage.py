@@ -20,11 +20,22 @@ opened with ``bind_buffers=False``, shared).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["BoundStage"]
+__all__ = ["BoundStage", "Stage"]
+
+
+class Stage(Protocol):
+    """What the cascade calls per stage (:class:`BoundStage` on onnxruntime,
+    :class:`~device_agents.openvino_stage.OpenVinoStage` on OpenVINO)."""
+
+    bound: bool
+    input: np.ndarray
+    output_names: list[str]
+
+    def run(self, x: np.ndarray | None = None) -> list[np.ndarray]: ...
 
 _FLOAT = "tensor(float)"
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from device_agents.bound_stage import BoundStage
+from device_agents.bound_stage import BoundStage, Stage
 from device_agents.bundle import BundleManifest, bundle_digest, verify_bundle
 from device_agents.calibration import expected_calibration_error
 from device_agents.deployment_spec import FALLBACK_BUNDLE_DIR
 from device_agents.errors import BundleError
 from device_agents.fallback import FallbackRule, Predictor
 from device_agents.monitor import Monitor
+from device_agents.openvino_stage import OpenVinoStage
 from device_agents.prediction import ABSTAINED_LABEL, Prediction
 from device_agents.profiles import ProviderLike, session_providers
 from device_agents.runtime_options import ort_level
@@ -133,7 +134,14 @@ class CascadeRunner:
         self.directory = Path(directory)
         self.manifest = manifest
         runtime = manifest.runtime_options
-        if providers is None:  # the bundle's own providers must exist here (docs/RUNTIME.md)
+        #: which runtime runs the stages (the manifest's ``runtime.engine``; docs/RUNTIME.md)
+        self.engine = runtime.engine
+        runtime.check_engine()
+        openvino = self.engine == "openvino"
+        if openvino and profile_prefix is not None:
+            raise BundleError(f"{self.directory}: the bundle runs on OpenVINO; profiles are "
+                              f"onnxruntime's profiler's")
+        if providers is None and not openvino:  # the bundle's own providers must exist here
             runtime.check_available(ort.get_available_providers())
         #: what the sessions run with: an explicit argument, else the manifest's runtime
         #: section, else 1 thread on the CPU provider
@@ -152,16 +160,27 @@ class CascadeRunner:
                 options.profile_file_prefix = f"{profile_prefix}_stage{k}"
             return options
 
-        self._sessions = [
-            ort.InferenceSession(str(self.directory / stage.file), options(k),
+        files = [self.directory / stage.file for stage in manifest.stages]
+        #: onnxruntime's sessions (none on OpenVINO)
+        self._sessions = [] if openvino else [
+            ort.InferenceSession(str(file), options(k),
                                  providers=session_providers(self.providers),
                                  disabled_optimizers=list(manifest.disabled_optimizers))
-            for k, stage in enumerate(manifest.stages)
+            for k, file in enumerate(files)
         ]
         self._input_names = [s.get_inputs()[0].name for s in self._sessions]
-        for k, session in enumerate(self._sessions):
-            names = [o.name for o in session.get_outputs()]
-            expected = ["logits"] if k == len(self._sessions) - 1 else ["features", "logits"]
+        #: the stages as the cascade calls them: onnxruntime's on buffers bound once
+        #: (bound_stage.py: one runner per thread), or OpenVINO's (openvino_stage.py)
+        stages: list[Stage] = []
+        if openvino:
+            stages.extend(OpenVinoStage.chain(files, manifest.input.shape, threads=self.threads))
+        else:
+            stages.extend(BoundStage.chain(self._sessions, manifest.input.shape,
+                                           bind=bind_buffers))
+        self._stages: Sequence[Stage] = stages
+        for k, stage_ in enumerate(self._stages):
+            names = stage_.output_names
+            expected = ["logits"] if k == len(self._stages) - 1 else ["features", "logits"]
             if names != expected:
                 raise BundleError(f"{self.directory / manifest.stages[k].file}: outputs {names}, "
                                   f"expected {expected}")
@@ -175,8 +194,6 @@ class CascadeRunner:
         broadcast = (1, -1) + (1,) * max(len(manifest.input.shape) - 2, 0)
         self._gain = (np.float32(pre.scale) / std).reshape(broadcast).astype(np.float32)
         self._offset = (-mean / std).reshape(broadcast).astype(np.float32)
-        #: the sessions on buffers bound once (bound_stage.py): one runner per thread
-        self._stages = BoundStage.chain(self._sessions, manifest.input.shape, bind=bind_buffers)
         self._thresholds = manifest.exits.thresholds
         self._inv_temperatures = tuple(1.0 / t for t in manifest.exits.temperatures)
         self._measure = manifest.exits.confidence
@@ -227,7 +244,7 @@ class CascadeRunner:
 
     @property
     def num_stages(self) -> int:
-        return len(self._sessions)
+        return len(self._stages)
 
     def profiling_start_ns(self) -> list[int]:
         """When each stage's profiler started (epoch ns), opened with ``profile_prefix``."""

@@ -9,6 +9,10 @@ bundle runs the way it was measured (see docs/RUNTIME.md):
 - ``intra_op_threads``: the sessions' intra-op threads (absent: the caller's, 1 by default);
 - ``providers``: the execution providers in order of preference, each with its options (absent:
   the caller's, ``CPUExecutionProvider`` by default);
+- ``engine``: which runtime runs the stages: ``onnxruntime`` (when absent) or ``openvino``
+  (OpenVINO's own runtime, on the same ONNX files: ``device_agents/openvino_stage.py``; the
+  graph optimization level, providers and ``disabled_optimizers`` are onnxruntime's and do
+  not apply to it);
 - ``disabled_optimizers``: onnxruntime optimizers the sessions must not run (kept on
   :class:`~device_agents.bundle.BundleManifest` itself, as before).
 
@@ -18,6 +22,7 @@ keep their bytes and digests.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +36,9 @@ DEFAULT_GRAPH_OPTIMIZATION = "all"
 _ORT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "layout": "ORT_ENABLE_LAYOUT",
                "all": "ORT_ENABLE_ALL"}
+#: the runtimes a bundle may name (``runtime.engine``), the default first
+ENGINES = ("onnxruntime", "openvino")
+DEFAULT_ENGINE = "onnxruntime"
 #: short names a config may use for onnxruntime's execution providers
 PROVIDER_ALIASES = {"CPU": CPU_PROVIDER, "XNNPACK": "XnnpackExecutionProvider",
                     "OPENVINO": "OpenVINOExecutionProvider", "CUDA": "CUDAExecutionProvider",
@@ -50,6 +58,13 @@ def provider_from_text(text: str) -> Provider:
     provider = Provider.parse(text)
     name = PROVIDER_ALIASES.get(provider.name.upper(), provider.name)
     return Provider(name=name, options=dict(provider.options))
+
+
+def available_engines() -> tuple[str, ...]:
+    """The engines this Python can run: onnxruntime always, OpenVINO where it is installed
+    (``pip install paretoedge[openvino]``)."""
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    return ("onnxruntime", "openvino") if has_openvino else ("onnxruntime",)
 
 
 def ort_level(name: str) -> Any:
@@ -79,8 +94,12 @@ class RuntimeOptions:
     graph_optimization: str = DEFAULT_GRAPH_OPTIMIZATION
     intra_op_threads: int = 0
     providers: tuple[Provider, ...] = ()
+    engine: str = DEFAULT_ENGINE
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise BundleError(f"manifest: runtime.engine {self.engine!r} is not one of "
+                              f"{', '.join(ENGINES)}")
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
             raise BundleError(f"manifest: runtime.graph_optimization "
                               f"{self.graph_optimization!r} is not one of "
@@ -103,6 +122,8 @@ class RuntimeOptions:
             data["providers"] = [{"name": p.name, **({"options": dict(p.options)}
                                                      if p.options else {})}
                                  for p in self.providers]
+        if self.engine != DEFAULT_ENGINE:
+            data["engine"] = self.engine
         return data
 
     @classmethod
@@ -118,7 +139,8 @@ class RuntimeOptions:
         return cls(graph_optimization=str(data.get("graph_optimization",
                                                    DEFAULT_GRAPH_OPTIMIZATION)),
                    intra_op_threads=int(data.get("intra_op_threads", 0)),
-                   providers=tuple(providers))
+                   providers=tuple(providers),
+                   engine=str(data.get("engine", DEFAULT_ENGINE)))
 
     def session_settings(self, *, threads: int | None,
                          providers: Sequence[ProviderLike] | None
@@ -136,6 +158,12 @@ class RuntimeOptions:
         it names them, the agent's (``threads`` of the protocol, its providers) otherwise."""
         return (self.intra_op_threads or threads,
                 self.providers or as_providers(providers))
+
+    def check_engine(self) -> None:
+        """Raise :class:`BundleError` when this Python cannot run the bundle's engine."""
+        if self.engine not in available_engines():
+            raise BundleError(f"manifest: runtime.engine is {self.engine}, which is not "
+                              f"installed here (pip install paretoedge[{self.engine}])")
 
     def check_available(self, available: Sequence[str]) -> None:
         """Raise :class:`BundleError` when a provider the bundle names is not in this

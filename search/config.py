@@ -454,8 +454,11 @@ class RuntimeConfig(_Strict):
     providers: list[str] | None = Field(
         None, description="execution providers the agents have, NAME[:key=value;...] "
                           "(CPU, XNNPACK, OpenVINO, CUDA, TensorRT or a full name)")
+    engines: list[Literal["onnxruntime", "openvino"]] | None = Field(
+        None, description="the runtime that runs a bundle: onnxruntime, or OpenVINO's own "
+                          "(pip install paretoedge[openvino] where the agents run)")
 
-    @field_validator("graph_optimization", "static_shape", "threads", "providers")
+    @field_validator("graph_optimization", "static_shape", "threads", "providers", "engines")
     @classmethod
     def _distinct(cls, value: list[object] | None) -> list[object] | None:
         if value is not None:

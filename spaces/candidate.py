@@ -54,11 +54,13 @@ class Candidate:
     #: the same: onnxruntime's graph optimization level, intra-op threads (0: the agent's),
     #: the execution provider as ``NAME[:key=value;...]`` (``""``: the agent's), and whether
     #: the graph's batch axis is fixed to 1 (True), kept dynamic (False) or left as the
-    #: builder makes it (None)
+    #: builder makes it (None), and the runtime that runs the bundle (``""``: onnxruntime;
+    #: ``"openvino"``: OpenVINO's own)
     graph_optimization: str = DEFAULT_GRAPH_OPTIMIZATION
     intra_op_threads: int = 0
     provider: str = ""
     static_shape: bool | None = None
+    engine: str = ""
 
     @property
     def int8_groups(self) -> tuple[int, ...]:
@@ -107,6 +109,8 @@ class Candidate:
             data["provider"] = self.provider
         if self.static_shape is not None:
             data["static_shape"] = self.static_shape
+        if self.engine and self.engine != "onnxruntime":
+            data["engine"] = self.engine
         return data
 
     @classmethod
@@ -124,7 +128,8 @@ class Candidate:
                    intra_op_threads=int(data.get("intra_op_threads", 0)),
                    provider=str(data.get("provider", "")),
                    static_shape=(None if data.get("static_shape") is None
-                                 else bool(data["static_shape"])))
+                                 else bool(data["static_shape"])),
+                   engine=str(data.get("engine", "")))
 
     def describe(self) -> str:
         """A short human label, e.g. ``int8/int8/fp32 prune=0.25 exit@0.90``."""
@@ -143,7 +148,7 @@ class Candidate:
 
 
 _RUNTIME_LABELS = {"graph_optimization": "opt", "intra_op_threads": "threads",
-                   "provider": "ep", "static_shape": "static"}
+                   "provider": "ep", "static_shape": "static", "engine": "engine"}
 
 
 def _threshold_label(threshold: float) -> str:

@@ -1,5 +1,6 @@
-"""The runtime knob: how onnxruntime runs a bundle (graph optimization level, intra-op threads,
-execution provider) and whether its graph has a static batch-1 input (docs/RUNTIME.md).
+"""The runtime knob: which engine runs a bundle (onnxruntime, or OpenVINO's own runtime), how
+onnxruntime runs it (graph optimization level, intra-op threads, execution provider) and
+whether its graph has a static batch-1 input (docs/RUNTIME.md).
 
 The builders write the chosen options into the manifest's ``runtime`` section
 (:func:`manifest_runtime`), which :class:`device_agents.CascadeRunner` applies, so that a
@@ -15,7 +16,9 @@ from typing import Any
 
 from device_agents.profiles import CPU_PROVIDER, Provider
 from device_agents.runtime_options import (
+    DEFAULT_ENGINE,
     DEFAULT_GRAPH_OPTIMIZATION,
+    ENGINES,
     GRAPH_OPTIMIZATION_LEVELS,
     RuntimeOptions,
     provider_from_text,
@@ -26,7 +29,7 @@ from spaces.errors import SpaceError
 #: the Optuna params of the runtime knob, by dimension
 PARAMS = {"graph_optimization": "runtime_graph_optimization",
           "intra_op_threads": "runtime_threads", "provider": "runtime_provider",
-          "static_shape": "runtime_static_shape"}
+          "static_shape": "runtime_static_shape", "engine": "runtime_engine"}
 
 
 def canonical_provider(text: str) -> str:
@@ -56,8 +59,13 @@ class RuntimeSpace:
     threads: tuple[int, ...] = ()
     providers: tuple[str, ...] = ()
     static_shapes: tuple[bool, ...] = ()
+    engines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = [e for e in self.engines if e not in ENGINES]
+        if unknown:
+            raise SpaceError(f"runtime.engines: {unknown[0]!r} is not one of "
+                             f"{', '.join(ENGINES)}")
         bad = [g for g in self.graph_optimizations if g not in GRAPH_OPTIMIZATION_LEVELS]
         if bad:
             raise SpaceError(f"runtime.graph_optimization: {bad[0]!r} is not one of "
@@ -72,13 +80,14 @@ class RuntimeSpace:
 
     def _dimensions(self) -> dict[str, tuple[Any, ...]]:
         return {"graph_optimization": self.graph_optimizations, "threads": self.threads,
-                "providers": self.providers, "static_shape": self.static_shapes}
+                "providers": self.providers, "static_shape": self.static_shapes,
+                "engines": self.engines}
 
     def _choices(self) -> dict[str, tuple[Any, ...]]:
         """Each candidate field and its values."""
         return {"graph_optimization": self.graph_optimizations,
                 "intra_op_threads": self.threads, "provider": self.providers,
-                "static_shape": self.static_shapes}
+                "static_shape": self.static_shapes, "engine": self.engines}
 
     @property
     def searched(self) -> tuple[str, ...]:
@@ -124,13 +133,19 @@ def manifest_runtime(candidate: Candidate) -> RuntimeOptions:
     """The manifest's runtime options of a candidate (all defaults when it searched none)."""
     return RuntimeOptions(graph_optimization=candidate.graph_optimization,
                           intra_op_threads=candidate.intra_op_threads,
-                          providers=candidate_providers(candidate.provider))
+                          providers=candidate_providers(candidate.provider),
+                          engine=candidate.engine or DEFAULT_ENGINE)
 
 
-def check_offered(space: RuntimeSpace, *, cores: int,
-                  available_providers: Sequence[str]) -> str | None:
-    """Why agents with ``cores`` cores and these onnxruntime providers cannot give what the
-    space offers (one line naming the field), or None."""
+def check_offered(space: RuntimeSpace, *, cores: int, available_providers: Sequence[str],
+                  available_engines: Sequence[str] = (DEFAULT_ENGINE,)) -> str | None:
+    """Why agents with ``cores`` cores, these onnxruntime providers and these engines cannot
+    give what the space offers (one line naming the field), or None."""
+    for engine in space.engines:
+        if engine not in available_engines:
+            return (f"runtime.engines: {engine} is not installed on the device class's agents "
+                    f"(they have {', '.join(available_engines)}; pip install "
+                    f"paretoedge[{engine}] there)")
     if space.max_threads > cores:
         return (f"runtime.threads: {space.max_threads} intra-op threads, but the device "
                 f"class's agents have {cores} core{'s' if cores != 1 else ''}")

@@ -22,12 +22,13 @@ agents time) under each variant:
   whose graph only flattens its input and slices the logits from it (two trivial operators):
   what the runner costs per inference whatever the model, the floor under every bundle's
   latency (timed, like the others, with its own variants);
-- ``openvino``: OpenVINO's own runtime on a single-graph bundle's ``model.onnx``
-  (``openvino.compile_model``, CPU, one inference thread, the latency hint), fed the same
-  preprocessed samples through an input tensor bound once; ``openvino infer()``: the same
-  through ``request.infer([x])`` (``--openvino``; needs ``pip install paretoedge[bench]``). A
-  study's front is mostly cascades (one graph per stage): ``--single-graphs RATIO`` adds the study's
-  fp32, int8 and int8-pruned-by-RATIO candidates without exits, built by its builder.
+- ``openvino``: the bundle on OpenVINO's own runtime, as a bundle with ``runtime.engine:
+  openvino`` runs (``CascadeRunner``: one inference thread, the latency hint, float kept
+  float, the input bound once); ``openvino infer()``: a single-graph bundle's ``model.onnx``
+  compiled the same way, called through ``request.infer([x])`` (``--openvino``; needs
+  ``pip install paretoedge[openvino]``). A study's front is mostly cascades (one graph
+  per stage): ``--single-graphs RATIO`` adds the study's fp32, int8 and int8-pruned-by-RATIO
+  candidates without exits, built by its builder.
 
 In each of ``--rounds`` rounds every (bundle, variant) pair takes a turn in rotated order:
 ``--warmup`` untimed runs, then ``--runs`` timed ones cycling through the test samples. A
@@ -90,10 +91,10 @@ def runtime_variant(directory: Path, inputs: np.ndarray, **change: Any) -> Runne
     return lambda i: int(np.argmax(runner.run(inputs[i])[0]))
 
 
-def openvino_variant(directory: Path, inputs: np.ndarray, *, bound: bool = True
-                     ) -> Runner | None:
-    """OpenVINO's runtime on a single-graph bundle (None for a cascade); ``bound=False``
-    calls ``request.infer([x])`` (a new input tensor and a dict of outputs per call)."""
+def openvino_variant(directory: Path, inputs: np.ndarray) -> Runner | None:
+    """OpenVINO called the plain way, ``request.infer([x])`` (a new input tensor and a dict of
+    outputs per call), on a single-graph bundle (None for a cascade); compiled as the engine
+    compiles it (device_agents/openvino_stage.py)."""
     import openvino as ov
 
     from device_agents import CascadeRunner, read_manifest
@@ -104,24 +105,11 @@ def openvino_variant(directory: Path, inputs: np.ndarray, *, bound: bool = True
     pre = CascadeRunner.load(directory).preprocess
     compiled = ov.Core().compile_model(str(directory / manifest.stages[0].file), "CPU",
                                        {"INFERENCE_NUM_THREADS": 1,
-                                        "PERFORMANCE_HINT": "LATENCY"})
+                                        "PERFORMANCE_HINT": "LATENCY",
+                                        "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     output = compiled.output(0)
-    if not bound:
-        return lambda i: int(np.argmax(request.infer([pre(inputs[i])])[output]))
-    # the input bound once to a buffer (shared memory: the buffer must outlive the request,
-    # as the closure below keeps it), the output read in place: the same lean call path as
-    # the bound CascadeRunner; request.infer([x]) converts the input and copies the outputs
-    # into a dict on every call (BENCHMARKS.md 8d)
-    buffer = np.zeros(manifest.input.shape, dtype=np.float32)
-    request.set_input_tensor(ov.Tensor(buffer, shared_memory=True))
-
-    def run(i: int) -> int:
-        np.copyto(buffer, pre(inputs[i]))
-        request.infer()
-        return int(np.argmax(request.get_output_tensor(0).data))
-
-    return run
+    return lambda i: int(np.argmax(request.infer([pre(inputs[i])])[output]))
 
 
 def rebuilt_variant(record: Any, builder: Any, out: Path) -> tuple[str, Path] | None:
@@ -356,10 +344,11 @@ def main() -> None:
             label, path = rebuilt[name]
             variants.append(Variant(name, label, runtime_variant(path, inputs)))
         if args.openvino:
-            for label, bound in (("openvino", True), ("openvino infer()", False)):
-                run = openvino_variant(directory, inputs, bound=bound)
-                if run is not None:
-                    variants.append(Variant(name, label, run))
+            variants.append(Variant(name, "openvino",
+                                    runtime_variant(directory, inputs, engine="openvino")))
+            run = openvino_variant(directory, inputs)
+            if run is not None:
+                variants.append(Variant(name, "openvino infer()", run))
     for variant in variants:
         variant.accuracy = accuracy(variant.run, labels)
     time_rounds(variants, len(inputs), rounds=args.rounds, runs=args.runs, warmup=args.warmup)

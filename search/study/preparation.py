@@ -125,7 +125,8 @@ def runtime_space(config: StudyConfig, builder: Builder) -> RuntimeSpace:
         return RuntimeSpace(graph_optimizations=tuple(r.graph_optimization or ()),
                             threads=tuple(r.threads or ()),
                             providers=tuple(r.providers or ()),
-                            static_shapes=tuple(r.static_shape or ()))
+                            static_shapes=tuple(r.static_shape or ()),
+                            engines=tuple(r.engines or ()))
     except SpaceError as exc:
         raise ConfigError(str(exc)) from exc
 

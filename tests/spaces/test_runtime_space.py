@@ -97,3 +97,28 @@ def test_what_the_agents_cannot_give_is_named() -> None:
     assert problem is not None and "XnnpackExecutionProvider" in problem
     assert check_offered(space, cores=2, available_providers=[
         CPU_PROVIDER, "XnnpackExecutionProvider"]) is None
+
+
+def test_the_engine_is_a_dimension_written_into_the_manifest() -> None:
+    runtime = RuntimeSpace(engines=("onnxruntime", "openvino"))
+    space = _space(runtime)
+    assert runtime.param_names() == ("runtime_engine",)
+    assert space.baseline().engine == "onnxruntime"
+    assert "engine" not in space.baseline().to_dict()  # the default: older keys unchanged
+    candidate = space.suggest(optuna.trial.FixedTrial({**PARAMS,
+                                                       "runtime_engine": "openvino"}))
+    assert candidate.to_dict()["engine"] == "openvino"
+    assert Candidate.from_dict(candidate.to_dict()) == candidate
+    assert "engine=openvino" in candidate.describe()
+    assert manifest_runtime(candidate).engine == "openvino"
+    assert manifest_runtime(space.baseline()).is_default
+    with pytest.raises(SpaceError, match=r"runtime\.engines: 'tvm'"):
+        RuntimeSpace(engines=("tvm",))
+
+
+def test_an_engine_the_agents_lack_is_named() -> None:
+    space = RuntimeSpace(engines=("onnxruntime", "openvino"))
+    problem = check_offered(space, cores=1, available_providers=[CPU_PROVIDER])
+    assert problem is not None and problem.startswith("runtime.engines: openvino")
+    assert check_offered(space, cores=1, available_providers=[CPU_PROVIDER],
+                         available_engines=["onnxruntime", "openvino"]) is None

@@ -80,6 +80,19 @@ def test_a_running_clusters_agents_are_judged_by_what_they_report() -> None:
     check_agents_offer(remote, object())  # a dispatcher without agents (a fake) is not judged
 
 
+def test_openvino_is_offered_only_where_every_agent_reports_it() -> None:
+    remote = config({"engines": ["onnxruntime", "openvino"]},
+                    device={"class": "x86", "address": "head:6379"})
+    both = {"cores": [0], "available_providers": ["CPUExecutionProvider"],
+            "available_engines": ["onnxruntime", "openvino"]}
+    older = {"cores": [1], "available_providers": ["CPUExecutionProvider"]}  # reports none
+    assert agents_runtime_problem(remote, [both]) is None
+    assert agents_runtime_problem(remote, [both, older]).startswith(
+        "runtime.engines: openvino is not installed on the device class's agents")
+    # local agents: this machine's Python decides (the tests' install has OpenVINO)
+    assert unmeasurable_problem(config({"engines": ["onnxruntime", "openvino"]})) is None
+
+
 def test_local_agents_get_as_many_cores_as_the_most_threads() -> None:
     assert local_core_plan(4, 1, 2) == ([(2, 3)], (0, 1))
     assert local_core_plan(2, 1, 2) == ([(0, 1)], (0,))  # the builder shares core 0
