@@ -601,6 +601,12 @@ class StudyRunner:
 
         members = to_confirm(self.records(), self.config.constraints.max_accuracy_drop,
                              self.objectives)
+        # the profiler is onnxruntime's: bundles that run on OpenVINO have none
+        on_openvino = [r.number for r in members if r.candidate.get("engine") == "openvino"]
+        if on_openvino:
+            self._show(f"not profiled (they run on OpenVINO; the profiler is onnxruntime's): "
+                       f"trials {', '.join(map(str, on_openvino))}")
+        members = [r for r in members if r.number not in on_openvino]
         if not members or not isinstance(dispatcher, Profiler):
             return
         runs = self.config.profiling.runs
