@@ -33,6 +33,15 @@ class Profiler(Protocol):
     def profile(self, request: ProfileRequest) -> OperatorProfile: ...
 
 
+def split_profilable(records: Sequence[TrialRecord]
+                     ) -> tuple[list[TrialRecord], list[TrialRecord]]:
+    """The records whose bundles the profiler can take, and those it cannot: the profiler is
+    onnxruntime's, so bundles whose manifest runs them on OpenVINO (``runtime.engine``) have
+    none (docs/RUNTIME.md)."""
+    on_openvino = [r for r in records if r.candidate.get("engine") == "openvino"]
+    return [r for r in records if r not in on_openvino], on_openvino
+
+
 def profile_records(records: Sequence[TrialRecord], workspace: Workspace, profiler: Profiler,
                     eval_payload: EvalSetPayload, eval_ref: object, *, runs: int,
                     threads: int) -> dict[int, OperatorProfile]:
@@ -72,6 +81,9 @@ def profile_stored_study(workspace: Workspace, number: int, *, runs: int | None 
         known = ", ".join(str(n) for n, r in sorted(records.items()) if r.complete) or "none"
         raise ConfigError(f"--trial {number}: study {workspace.study!r} has no completed trial "
                           f"{number} (completed: {known})")
+    if split_profilable([record])[1]:
+        raise ConfigError(f"--trial {number}: trial {number} of study {workspace.study!r} runs "
+                          f"on OpenVINO; the profiler is onnxruntime's (docs/RUNTIME.md)")
     payload = EvalSetPayload.from_eval_set(load_data(config).test_set())
     dispatcher = (dispatcher_factory or default_dispatcher)(config, workspace)
     try:

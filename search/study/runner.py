@@ -597,16 +597,13 @@ class StudyRunner:
     def _profile(self, prepared: Prepared, dispatcher: Dispatcher) -> None:
         """Where the baseline's and the front's time goes, per operator, by one agent over the
         test split (:mod:`search.study.profiling`); a failure leaves the study as it is."""
-        from search.study.profiling import Profiler, profile_records
+        from search.study.profiling import Profiler, profile_records, split_profilable
 
-        members = to_confirm(self.records(), self.config.constraints.max_accuracy_drop,
-                             self.objectives)
-        # the profiler is onnxruntime's: bundles that run on OpenVINO have none
-        on_openvino = [r.number for r in members if r.candidate.get("engine") == "openvino"]
+        members, on_openvino = split_profilable(to_confirm(
+            self.records(), self.config.constraints.max_accuracy_drop, self.objectives))
         if on_openvino:
             self._show(f"not profiled (they run on OpenVINO; the profiler is onnxruntime's): "
-                       f"trials {', '.join(map(str, on_openvino))}")
-        members = [r for r in members if r.number not in on_openvino]
+                       f"trials {', '.join(str(r.number) for r in on_openvino)}")
         if not members or not isinstance(dispatcher, Profiler):
             return
         runs = self.config.profiling.runs
